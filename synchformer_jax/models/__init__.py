@@ -1,0 +1,31 @@
+"""Flax NNX models. They know nothing of data loading or training."""
+import jax
+from flax import nnx
+
+from synchformer_jax.models.ast import AST
+from synchformer_jax.models.avclip import AVCLIP
+from synchformer_jax.models.config import (MODEL_KINDS, SIZES, AudioTowerConfig, ModelConfig, SyncTransformerConfig,
+                                           VideoTowerConfig, config_for_size, config_from_size_params)
+from synchformer_jax.models.motionformer import Motionformer
+from synchformer_jax.models.synchformer import Synchformer, classification_loss
+
+TOWERS = ('motionformer', 'ast')
+
+
+def build_model(cfg: ModelConfig, seed: int = 0, *, tower: str | None = None) -> nnx.Module:
+  """A freshly initialised model of the config's kind, or with `tower` only that tower of it.
+
+  Under `jax.set_mesh(mesh)` with logical-axis rules the parameters are created already sharded;
+  without a mesh they live on the default device.
+  """
+  rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+  with nnx.use_eager_sharding(not jax.sharding.get_abstract_mesh().empty):
+    if tower == 'motionformer':
+      return Motionformer(cfg.video, remat=cfg.remat, attention_impl=cfg.attention_impl,
+                          dtype=jax.numpy.dtype(cfg.dtype), rngs=rngs)
+    if tower == 'ast':
+      return AST(cfg.audio, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=jax.numpy.dtype(cfg.dtype),
+                 rngs=rngs)
+    if tower is not None:
+      raise ValueError(f'tower: expected one of {TOWERS} or None, got {tower!r}')
+    return AVCLIP(cfg, rngs=rngs) if cfg.kind == 'avclip' else Synchformer(cfg, rngs=rngs)

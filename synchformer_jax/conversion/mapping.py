@@ -1,0 +1,179 @@
+"""The PyTorch ↔ Flax parameter table.
+
+Each `Rule` says which original state-dict key(s) fill one Flax parameter and how the layout changes.
+The tables mirror the original module tree, so reading `motionformer_rules` next to the original
+`vit_helper.py` is a line-by-line comparison.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from synchformer_jax.models.config import AudioTowerConfig, ModelConfig, SyncTransformerConfig, VideoTowerConfig
+
+Path = tuple[str | int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Flax parameter `path` ← torch keys `sources`, through layout `layout`.
+
+  Layouts: 'copy'; 'linear' (weight (O, I) → kernel (I, O); several sources are fused along O);
+  'bias' (several sources are concatenated); 'patch3d' (Conv3d (O, C, kt, kh, kw) → (C·kt·kh·kw, O));
+  'conv2d' (Conv2d (O, C, kh, kw) → (kh, kw, C, O)); 'rows' (a (1, R, D) table whose leading rows are
+  kept when the target is shorter, as the original does for the AST and the synchronizability
+  positional tables).
+  """
+  path: Path
+  sources: tuple[str, ...]
+  layout: str = 'copy'
+  torch_shape: tuple[int, ...] | None = None  # for 'patch3d', whose flattening loses the kernel shape
+
+
+def _linear(path: Path, torch_prefix: str | tuple[str, ...]) -> list[Rule]:
+  prefixes = (torch_prefix,) if isinstance(torch_prefix, str) else torch_prefix
+  return [Rule(path + ('kernel',), tuple(p + '.weight' for p in prefixes), 'linear'),
+          Rule(path + ('bias',), tuple(p + '.bias' for p in prefixes), 'bias')]
+
+
+def _norm(path: Path, torch_prefix: str) -> list[Rule]:
+  return [Rule(path + ('scale',), (torch_prefix + '.weight',)),
+          Rule(path + ('bias',), (torch_prefix + '.bias',))]
+
+
+def _pre_norm_block(path: Path, t: str, *, norm1: str, qkv: tuple[str, ...], proj: str, norm2: str, fc1: str,
+                    fc2: str) -> list[Rule]:
+  return (_norm(path + ('norm1',), t + norm1) + _linear(path + ('attn', 'qkv'), tuple(t + q for q in qkv))
+          + _linear(path + ('attn', 'proj'), t + proj) + _norm(path + ('norm2',), t + norm2)
+          + _linear(path + ('mlp', 'fc1'), t + fc1) + _linear(path + ('mlp', 'fc2'), t + fc2))
+
+
+def aggregator_rules(path: Path, t: str) -> list[Rule]:
+  """A torch TransformerEncoderLayer (norm_first) with a learned CLS: `spatial_attn_agg` / `freq_attn_agg`."""
+  layer = path + ('layer',)
+  return ([Rule(path + ('cls_token',), (t + 'cls_token',))]
+          + _norm(layer + ('norm1',), t + 'norm1')
+          + [Rule(layer + ('attn', 'qkv', 'kernel'), (t + 'self_attn.in_proj_weight',), 'linear'),
+             Rule(layer + ('attn', 'qkv', 'bias'), (t + 'self_attn.in_proj_bias',), 'bias')]
+          + _linear(layer + ('attn', 'proj'), t + 'self_attn.out_proj')
+          + _norm(layer + ('norm2',), t + 'norm2')
+          + _linear(layer + ('mlp', 'fc1'), t + 'linear1') + _linear(layer + ('mlp', 'fc2'), t + 'linear2'))
+
+
+def motionformer_rules(path: Path, t: str, cfg: VideoTowerConfig) -> list[Rule]:
+  """`vfeat_extractor.` / `v_encoder.` (or no prefix: the Motionformer SSv2 release)."""
+  rules = [Rule(path + ('cls_token',), (t + 'cls_token',)), Rule(path + ('pos_embed',), (t + 'pos_embed',)),
+           Rule(path + ('temp_embed',), (t + 'temp_embed',)),
+           Rule(path + ('patch_embed',), (t + 'patch_embed.proj.weight',)),
+           Rule(path + ('patch_embed_bias',), (t + 'patch_embed.proj.bias',)),
+           Rule(path + ('patch_embed_3d', 'proj', 'kernel'), (t + 'patch_embed_3d.proj.weight',), 'patch3d',
+                (cfg.dim, 3, cfg.tubelet, cfg.patch, cfg.patch)),
+           Rule(path + ('patch_embed_3d', 'proj', 'bias'), (t + 'patch_embed_3d.proj.bias',))]
+  for i in range(cfg.depth):
+    b, tb = path + ('blocks', i), f'{t}blocks.{i}.'
+    for norm in ('norm1', 'norm2', 'norm3'):
+      rules += _norm(b + (norm,), tb + norm)
+    for attn in ('attn', 'timeattn'):
+      rules += _linear(b + (attn, 'qkv'), tb + attn + '.qkv') + _linear(b + (attn, 'proj'), tb + attn + '.proj')
+    rules += _linear(b + ('mlp', 'fc1'), tb + 'mlp.fc1') + _linear(b + ('mlp', 'fc2'), tb + 'mlp.fc2')
+  rules += _norm(path + ('norm',), t + 'norm')
+  return rules + aggregator_rules(path + ('spatial_attn_agg',), t + 'spatial_attn_agg.')
+
+
+def ast_rules(path: Path, t: str, cfg: AudioTowerConfig) -> list[Rule]:
+  """`afeat_extractor.` / `a_encoder.`; `t + 'ast.'` is HF's ASTModel (`audio_spectrogram_transformer.`)."""
+  return ast_model_rules(path, t + 'ast.', cfg) + aggregator_rules(path + ('freq_attn_agg',), t + 'freq_attn_agg.')
+
+
+def ast_model_rules(path: Path, t: str, cfg: AudioTowerConfig) -> list[Rule]:
+  emb = t + 'embeddings.'
+  rules = [Rule(path + ('cls_token',), (emb + 'cls_token',)),
+           Rule(path + ('distillation_token',), (emb + 'distillation_token',)),
+           Rule(path + ('position_embeddings',), (emb + 'position_embeddings',), 'rows'),
+           Rule(path + ('patch_embed', 'kernel'), (emb + 'patch_embeddings.projection.weight',), 'conv2d'),
+           Rule(path + ('patch_embed', 'bias'), (emb + 'patch_embeddings.projection.bias',))]
+  for i in range(cfg.depth):
+    rules += _pre_norm_block(
+        path + ('layers', i), f'{t}encoder.layer.{i}.', norm1='layernorm_before',
+        qkv=tuple(f'attention.attention.{n}' for n in ('query', 'key', 'value')), proj='attention.output.dense',
+        norm2='layernorm_after', fc1='intermediate.dense', fc2='output.dense')
+  return rules + _norm(path + ('layernorm',), t + 'layernorm')
+
+
+def global_transformer_rules(path: Path, t: str, cfg: SyncTransformerConfig, head: str) -> list[Rule]:
+  rules = (_norm(path + ('vis_in_lnorm',), t + 'vis_in_lnorm') + _norm(path + ('aud_in_lnorm',), t + 'aud_in_lnorm')
+           + [Rule(path + ('OFF_tok',), (t + 'OFF_tok',)), Rule(path + ('MOD_tok',), (t + 'MOD_tok',)),
+              Rule(path + ('pos_emb',), (t + 'pos_emb_cfg.pos_emb',), 'rows')])
+  for i in range(cfg.layers):
+    rules += _pre_norm_block(path + ('blocks', i), f'{t}blocks.{i}.', norm1='ln1',
+                             qkv=('attn.query', 'attn.key', 'attn.value'), proj='attn.proj', norm2='ln2',
+                             fc1='mlp.0', fc2='mlp.2')
+  return rules + _norm(path + ('ln_f',), t + 'ln_f') + _linear(path + (head,), t + head)
+
+
+def model_rules(cfg: ModelConfig) -> list[Rule]:
+  """Every parameter of a model of this config, with its original state-dict keys."""
+  if cfg.kind == 'avclip':
+    return ([Rule(('logit_scale',), ('logit_scale',))] + motionformer_rules(('v_encoder',), 'v_encoder.', cfg.video)
+            + ast_rules(('a_encoder',), 'a_encoder.', cfg.audio))
+  head = 'sync_head' if cfg.kind == 'synchability' else 'off_head'
+  return (motionformer_rules(('vfeat_extractor',), 'vfeat_extractor.', cfg.video)
+          + ast_rules(('afeat_extractor',), 'afeat_extractor.', cfg.audio)
+          + _linear(('vproj',), 'vproj') + _linear(('aproj',), 'aproj')
+          + global_transformer_rules(('transformer',), 'transformer.', cfg.transformer, head))
+
+
+def tower_rules(tower: str, cfg: ModelConfig, torch_prefix: str = '') -> list[Rule]:
+  """A single tower's parameters (for the Stage I initialisations), at Flax path root."""
+  if tower == 'motionformer':
+    return motionformer_rules((), torch_prefix, cfg.video)
+  if tower == 'ast':
+    return ast_rules((), torch_prefix, cfg.audio)
+  raise ValueError(f"tower: expected 'motionformer' or 'ast', got {tower!r}")
+
+
+# ---- layouts ----------------------------------------------------------------------------------------------
+
+def to_flax(rule: Rule, tensors: list[np.ndarray], target_shape: tuple[int, ...]) -> np.ndarray:
+  """Original tensors → the Flax parameter; raises ValueError naming the key and both shapes."""
+  layout = rule.layout
+  if layout == 'linear':
+    value = np.concatenate(tensors, axis=0).T
+  elif layout == 'bias':
+    value = np.concatenate(tensors, axis=0)
+  elif layout == 'patch3d':
+    value = tensors[0].reshape(tensors[0].shape[0], -1).T
+  elif layout == 'conv2d':
+    value = tensors[0].transpose(2, 3, 1, 0)
+  elif layout == 'rows':
+    value = tensors[0]
+    if value.ndim == 3 and len(target_shape) == 3 and value.shape[1] > target_shape[1]:
+      value = value[:, :target_shape[1]]
+  else:
+    value = tensors[0]
+  if tuple(value.shape) != tuple(target_shape):
+    source_shapes = ', '.join(f'{k} {tuple(t.shape)}' for k, t in zip(rule.sources, tensors))
+    raise ValueError(f'shape mismatch: {source_shapes} → {"/".join(map(str, rule.path))} needs '
+                     f'{tuple(target_shape)} but the checkpoint gives {tuple(value.shape)}')
+  return np.ascontiguousarray(value)
+
+
+def to_torch(rule: Rule, value: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+  """The inverse of `to_flax`: the Flax parameter → (torch key, tensor) pairs in the original layout."""
+  layout = rule.layout
+  value = np.asarray(value)
+  if layout == 'linear':
+    for key, part in zip(rule.sources, np.split(value.T, len(rule.sources), axis=0)):
+      yield key, part
+  elif layout == 'bias':
+    for key, part in zip(rule.sources, np.split(value, len(rule.sources), axis=0)):
+      yield key, part
+  elif layout == 'patch3d':
+    yield rule.sources[0], value.T.reshape(rule.torch_shape)
+  elif layout == 'conv2d':
+    yield rule.sources[0], value.transpose(3, 2, 0, 1)
+  else:
+    yield rule.sources[0], value
+

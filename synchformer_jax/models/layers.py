@@ -1,0 +1,167 @@
+"""Building blocks shared by the towers and the global transformer.
+
+Parameters carry logical sharding axes (`embed`, `mlp`, `qkv`); `synchformer_jax.sharding` maps them to
+mesh axes. Every attention in the model is a `MultiHeadAttention` with a fused q|k|v projection: the
+converter fuses the original's separate query/key/value weights where it has them.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02)
+normal_02 = nnx.initializers.normal(stddev=0.02)
+standard_normal = nnx.initializers.normal(stddev=1.0)
+
+
+class Buffer(nnx.Variable):
+  """A stored tensor that is not trained: kept so original checkpoints round-trip exactly."""
+
+
+def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, dtype, rngs: nnx.Rngs,
+          kernel_init: Initializer = trunc_normal_02) -> nnx.Linear:
+  return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=nnx.with_partitioning(kernel_init, axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)), rngs=rngs)
+
+
+def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # Statistics in float32 with the two-pass variance, as torch computes them.
+  return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=jnp.float32,
+                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ('embed',)),
+                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ('embed',)), rngs=rngs)
+
+
+def token(shape: Sequence[int], init: Initializer, rngs: nnx.Rngs) -> nnx.Param:
+  """A learned token or table, replicated (small) and stored float32."""
+  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)  # torch's nn.GELU is the exact erf form
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, dropout: nnx.Dropout | None = None,
+           implementation: str | None = None) -> jax.Array:
+  """Softmax attention over (batch, length, heads, head_dim) tensors.
+
+  The fused kernel (`jax.nn.dot_product_attention`) is used unless attention-probability dropout is
+  active, which that kernel does not support.
+  """
+  if dropout is None or dropout.deterministic or dropout.rate == 0.0:
+    if implementation == 'cudnn' and q.dtype == jnp.float32:
+      implementation = None  # cuDNN flash attention takes half precision only
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+  probs = dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: drops a whole residual branch per sample (timm's DropPath)."""
+
+  def __init__(self, rate: float, *, rngs: nnx.Rngs):
+    self.rate = rate
+    self.deterministic = False
+    self.rngs = rngs.fork() if rate > 0 else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class Mlp(nnx.Module):
+  """fc1 → exact GELU → fc2 → dropout."""
+
+  def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0, dtype, rngs: nnx.Rngs,
+               kernel_init: Initializer = trunc_normal_02):
+    self.fc1 = dense(dim, hidden, ('embed', 'mlp'), dtype=dtype, rngs=rngs, kernel_init=kernel_init)
+    self.fc2 = dense(hidden, dim, ('mlp', 'embed'), dtype=dtype, rngs=rngs, kernel_init=kernel_init)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.dropout(self.fc2(gelu(self.fc1(x))))
+
+
+class MultiHeadAttention(nnx.Module):
+  """Self-attention with a fused q|k|v projection; heads are contiguous channel slices."""
+
+  def __init__(self, dim: int, heads: int, *, attn_dropout: float = 0.0, resid_dropout: float = 0.0,
+               attention_impl: str | None = None, dtype, rngs: nnx.Rngs,
+               kernel_init: Initializer = trunc_normal_02):
+    self.heads = heads
+    self.scale = (dim // heads) ** -0.5
+    self.attention_impl = attention_impl
+    self.qkv = dense(dim, 3 * dim, ('embed', 'qkv'), dtype=dtype, rngs=rngs, kernel_init=kernel_init)
+    self.proj = dense(dim, dim, ('qkv', 'embed'), dtype=dtype, rngs=rngs, kernel_init=kernel_init)
+    self.attn_dropout = nnx.Dropout(attn_dropout, rngs=rngs)
+    self.resid_dropout = nnx.Dropout(resid_dropout, rngs=rngs)
+
+  def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(..., L, D) → three (..., L, heads, head_dim) tensors."""
+    qkv = self.qkv(x)
+    qkv = qkv.reshape(*qkv.shape[:-1], 3, self.heads, -1)
+    return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+
+  def merge_heads(self, out: jax.Array) -> jax.Array:
+    return self.resid_dropout(self.proj(out.reshape(*out.shape[:-2], -1)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    q, k, v = self.project_qkv(x)
+    out = attend(q, k, v, scale=self.scale, dropout=self.attn_dropout, implementation=self.attention_impl)
+    return self.merge_heads(out)
+
+
+class PreNormBlock(nnx.Module):
+  """x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  The shape of the AST encoder layers, the aggregation layers (torch TransformerEncoderLayer with
+  norm_first=True) and the global transformer's minGPT blocks; they differ only in eps and dropouts.
+  """
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, *, eps: float, attn_dropout: float = 0.0,
+               resid_dropout: float = 0.0, attention_impl: str | None = None, dtype, rngs: nnx.Rngs,
+               kernel_init: Initializer = trunc_normal_02):
+    self.norm1 = layer_norm(dim, eps, rngs=rngs)
+    self.attn = MultiHeadAttention(dim, heads, attn_dropout=attn_dropout, resid_dropout=resid_dropout,
+                                   attention_impl=attention_impl, dtype=dtype, rngs=rngs,
+                                   kernel_init=kernel_init)
+    self.norm2 = layer_norm(dim, eps, rngs=rngs)
+    self.mlp = Mlp(dim, mlp_dim, dropout=resid_dropout, dtype=dtype, rngs=rngs, kernel_init=kernel_init)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.norm1(x).astype(x.dtype))
+    return x + self.mlp(self.norm2(x).astype(x.dtype))
+
+
+class ClsAggregator(nnx.Module):
+  """Pools a token sequence into one vector: prepend a learned CLS, one pre-LN layer, read the CLS.
+
+  The original's `spatial_attn_agg` / `freq_attn_agg`; no positional embedding, no final norm.
+  """
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, *, eps: float, attention_impl: str | None = None,
+               dtype, rngs: nnx.Rngs):
+    self.cls_token = token((1, 1, dim), trunc_normal_02, rngs)
+    self.layer = PreNormBlock(dim, heads, mlp_dim, eps=eps, attention_impl=attention_impl, dtype=dtype,
+                              rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(M, L, D) → (M, D)."""
+    cls = jnp.broadcast_to(self.cls_token.value.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+    return self.layer(jnp.concatenate([cls, x], axis=1))[:, 0]
+
+
+def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, remat: bool) -> jax.Array:
+  """Applies blocks in order, optionally rematerialising each one in the backward pass."""
+  apply = nnx.remat(lambda block, h: block(h)) if remat else (lambda block, h: block(h))
+  for block in blocks:
+    x = apply(block, x)
+  return x
