@@ -26,7 +26,7 @@ def save(module: nnx.Module, directory: str, cfg: ModelConfig | None = None, *, 
          overwrite: bool = False) -> None:
   """Writes a model (or a single tower, with the `cfg` it was built from) as a model directory."""
   cfg = cfg or module.cfg
-  params = {k: np.asarray(jax.device_get(v.value)) for k, v in stored_variables(module).items()}
+  params = {k: np.asarray(jax.device_get(v.get_value())) for k, v in stored_variables(module).items()}
   metadata = {'target': module_target(module), 'config': cfg.to_dict(), 'provenance': provenance or {}}
   checkpointing.save_model_dir(directory, params, metadata, overwrite=overwrite)
 
@@ -54,7 +54,7 @@ def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Modu
   stored = nnx.state(abstract, (nnx.Param, Buffer))
   flat = nnx.to_flat_state(stored)
   for path, var in flat:
-    var.value = jnp.asarray(params['.'.join(map(str, path))])
+    var.set_value(jnp.asarray(params['.'.join(map(str, path))]))
   module = nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
   module.eval()
   return module

@@ -287,7 +287,7 @@ def convert(source: SourceCheckpoint, target: str | None = None, *, size: str | 
                           + ' (allow_missing / allow_unused accept such gaps)')
   if missing:
     fresh = stored_variables(build_target(target, cfg, seed))
-    params.update({m: np.asarray(fresh[m].value) for m in missing})
+    params.update({m: np.asarray(fresh[m].get_value()) for m in missing})
   return Conversion(target, cfg, params, sorted(missing), unused, truncated)
 
 

@@ -157,7 +157,7 @@ def to_flax(rule: Rule, tensors: list[np.ndarray], target_shape: tuple[int, ...]
     source_shapes = ', '.join(f'{k} {tuple(t.shape)}' for k, t in zip(rule.sources, tensors))
     raise ValueError(f'shape mismatch: {source_shapes} → {"/".join(map(str, rule.path))} needs '
                      f'{tuple(target_shape)} but the checkpoint gives {tuple(value.shape)}')
-  return np.ascontiguousarray(value)
+  return np.asarray(value, order="C")
 
 
 def to_torch(rule: Rule, value: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:

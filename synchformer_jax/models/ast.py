@@ -46,9 +46,9 @@ class AST(nnx.Module):
     n = spec.shape[0]
     image = jnp.swapaxes(spec, 1, 2)[..., None].astype(self.dtype)  # (N, F, T, 1)
     patches = self.patch_embed(image).reshape(n, -1, cfg.dim)  # (freq, time) order
-    aux = jnp.concatenate([self.cls_token.value, self.distillation_token.value], axis=1)
+    aux = jnp.concatenate([self.cls_token[...], self.distillation_token[...]], axis=1)
     x = jnp.concatenate([jnp.broadcast_to(aux, (n, 2, cfg.dim)).astype(patches.dtype), patches], axis=1)
-    x = x + self.position_embeddings.value.astype(x.dtype)
+    x = x + self.position_embeddings[...].astype(x.dtype)
     x = run_blocks(self.layers, x, self.remat)
     x = self.layernorm(x[:, 2:]).astype(x.dtype)
     columns = einops.rearrange(x, 'n (f t) d -> (n t) f d', f=cfg.freq_tokens)

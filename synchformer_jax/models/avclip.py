@@ -55,7 +55,7 @@ class AVCLIP(nnx.Module):
 
   def clamp_logit_scale(self) -> None:
     """The original's in-place clamp, done by the train step before each forward."""
-    self.logit_scale.value = jnp.clip(self.logit_scale.value, *LOGIT_SCALE_RANGE)
+    self.logit_scale.set_value(jnp.clip(self.logit_scale[...], *LOGIT_SCALE_RANGE))
 
   def embed_segments(self, video: jax.Array, audio: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(B·S, Dv), (B·S, Da) L2-normalised segment embeddings in batch-major, segment-minor order."""
@@ -66,7 +66,7 @@ class AVCLIP(nnx.Module):
 
   def __call__(self, video: jax.Array, audio: jax.Array):
     vfeat, afeat = self.embed_segments(video, audio)
-    loss, sim_v2a = segment_contrastive_loss(vfeat, afeat, self.logit_scale.value)
+    loss, sim_v2a = segment_contrastive_loss(vfeat, afeat, self.logit_scale[...])
     aux = {'segment_vfeat': vfeat, 'segment_afeat': afeat, 'segment_sim_v2a': sim_v2a,
-           'logit_scale': self.logit_scale.value}
+           'logit_scale': self.logit_scale[...]}
     return loss, aux

@@ -155,7 +155,7 @@ class ClsAggregator(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(M, L, D) → (M, D)."""
-    cls = jnp.broadcast_to(self.cls_token.value.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+    cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     return self.layer(jnp.concatenate([cls, x], axis=1))[:, 0]
 
 

@@ -126,7 +126,7 @@ class Motionformer(nnx.Module):
 
   def spatial_pos_embed(self) -> jax.Array:
     """(P, D) spatial table; resized bicubically (as the original) when the crop is not 224 px."""
-    table = self.pos_embed.value[0, 1:]
+    table = self.pos_embed[...][0, 1:]
     g, grid = self.cfg.pos_grid, self.cfg.grid
     if grid == g:
       return table
@@ -144,8 +144,8 @@ class Motionformer(nnx.Module):
                        f'got {video.shape}')
     n = video.shape[0]
     x = self.patch_embed_3d(video.astype(self.dtype))
-    pos = (self.spatial_pos_embed()[None, :, :] + self.temp_embed.value[0][:, None, :]).reshape(-1, cfg.dim)
-    cls = self.cls_token.value[0] + self.pos_embed.value[0, :1]
+    pos = (self.spatial_pos_embed()[None, :, :] + self.temp_embed[...][0][:, None, :]).reshape(-1, cfg.dim)
+    cls = self.cls_token[...][0] + self.pos_embed[...][0, :1]
     x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, cfg.dim)).astype(x.dtype),
                          x + pos.astype(x.dtype)], axis=1)
     x = run_blocks(self.blocks, x, self.remat)

@@ -49,13 +49,13 @@ class GlobalTransformer(nnx.Module):
     """(B, Lv, D), (B, La, D) → logits (B, classes)."""
     b, dim = vis.shape[0], vis.shape[-1]
     n_tokens = vis.shape[1] + aud.shape[1] + 2
-    if n_tokens != self.pos_emb.value.shape[1]:
+    if n_tokens != self.pos_emb[...].shape[1]:
       raise ValueError(f'GlobalTransformer: {n_tokens} tokens but the positional table has '
-                       f'{self.pos_emb.value.shape[1]} rows (check the number of segments)')
+                       f'{self.pos_emb[...].shape[1]} rows (check the number of segments)')
     vis = self.vis_in_lnorm(vis).astype(vis.dtype)
     aud = self.aud_in_lnorm(aud).astype(vis.dtype)
-    off, mod = (jnp.broadcast_to(t.value, (b, 1, dim)).astype(vis.dtype) for t in (self.OFF_tok, self.MOD_tok))
-    x = jnp.concatenate([off, vis, mod, aud], axis=1) + self.pos_emb.value.astype(vis.dtype)
+    off, mod = (jnp.broadcast_to(t[...], (b, 1, dim)).astype(vis.dtype) for t in (self.OFF_tok, self.MOD_tok))
+    x = jnp.concatenate([off, vis, mod, aud], axis=1) + self.pos_emb[...].astype(vis.dtype)
     x = run_blocks(self.blocks, self.embd_dropout(x), self.remat)
     cls = self.ln_f(x[:, 0])
     return getattr(self, self.head_name)(cls.astype(x.dtype)).astype(jnp.float32)

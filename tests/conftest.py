@@ -1,0 +1,40 @@
+"""Shared test helpers: where ../shared lives, and the rule that a missing fixture fails in CI."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get('SYNCHFORMER_SHARED_DIR', REPO_ROOT.parent / 'shared'))
+
+
+def in_ci() -> bool:
+  return os.environ.get('CI', '').lower() == 'true'
+
+
+def require_fixture(path: Path, what: str) -> Path:
+  """Returns `path`; skips the test when it is missing locally, fails it in CI (CI=true)."""
+  path = Path(path)
+  if not path.exists():
+    message = f'missing test fixture: {what} at {path}'
+    if in_ci():
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+def case_dirs(root: Path) -> list[Path]:
+  """Case folders under `root` (each holds a case.json), found at collection time."""
+  root = Path(root)
+  return sorted(p for p in root.iterdir() if (p / 'case.json').is_file()) if root.is_dir() else []
+
+
+def require_torch():
+  """torch reads/writes the original's checkpoints; optional for users, installed in CI."""
+  try:
+    import torch
+  except ImportError:
+    if in_ci():
+      pytest.fail("torch is not installed (CI installs '.[torch,test]')")
+    pytest.skip('torch is not installed')
+  return torch

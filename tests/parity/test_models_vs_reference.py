@@ -1,0 +1,107 @@
+"""Numerical parity with the original PyTorch Synchformer, case by case.
+
+Every case folder in $SYNCHFORMER_PARITY_DIR (default ../shared/parity/cases) is a test: its
+checkpoint (regenerated with the case's make_weights.py when the folder ships none) goes through the
+converter's CLI code path into a model directory, the model is loaded with `synchformer_jax.load`, run
+in float32 on the case's inputs, and every reference output is compared at the parity README's
+tolerances. The worst error of each output is printed (`pytest -s` shows it).
+"""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import synchformer_jax
+from synchformer_jax.conversion import convert_checkpoint
+from synchformer_jax.models.config import config_from_size_params
+from tests.conftest import SHARED_DIR, case_dirs, require_fixture, require_torch
+
+PARITY_DIR = Path(os.environ.get('SYNCHFORMER_PARITY_DIR', SHARED_DIR / 'parity' / 'cases'))
+CASES = case_dirs(PARITY_DIR)
+
+
+def _case_params():
+  if not CASES:  # one test that reports the missing fixtures (fails in CI)
+    return [pytest.param(None, id='no-cases')]
+  params = []
+  for case_dir in CASES:
+    size = json.loads((case_dir / 'case.json').read_text()).get('size')
+    marks = [pytest.mark.slow] if size == 'full' else []
+    params.append(pytest.param(case_dir, id=case_dir.name, marks=marks))
+  return params
+
+
+def _make_weights_module(case_dir: Path):
+  """The case set's own make_weights.py (beside the cases folder)."""
+  path = require_fixture(case_dir.parent.parent / 'make_weights.py', 'parity make_weights.py')
+  spec = importlib.util.spec_from_file_location('parity_make_weights', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _tolerance(size: str, reference: np.ndarray) -> tuple[float, float]:
+  """(atol, rtol) from the parity README."""
+  if size == 'full':
+    return 1e-3 * max(1.0, float(np.abs(reference).max(initial=0.0))), 0.0
+  return 1e-4, 1e-4
+
+
+def run_model(model, kind: str, inputs: dict[str, np.ndarray], targets: np.ndarray | None) -> dict[str, np.ndarray]:
+  """The model's outputs under the reference's names."""
+  @nnx.jit
+  def forward(model, video, audio, targets):
+    if kind == 'avclip':
+      loss, aux = model(video, audio)
+      return {**aux, 'loss': loss}
+    logits, aux = model(video, audio, targets)
+    return {**aux, 'logits': logits}
+
+  out = forward(model, jnp.asarray(inputs['video']), jnp.asarray(inputs['audio']),
+                None if targets is None else jnp.asarray(targets))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize('case_dir', _case_params())
+def test_model_vs_reference(case_dir, tmp_path):
+  require_fixture(PARITY_DIR if case_dir is None else case_dir, 'parity cases')
+  case = json.loads((case_dir / 'case.json').read_text())
+  kind, size = case['kind'], case['size']
+  if kind not in ('sync', 'synchability', 'avclip'):
+    pytest.fail(f'{case_dir.name}: parity case kind {kind!r} has no synchformer_jax model')
+  make_weights = _make_weights_module(case_dir)
+  checkpoint = case_dir / 'checkpoint.pt'
+  if not checkpoint.exists():
+    require_torch()
+    checkpoint = Path(make_weights.write_checkpoint(str(case_dir), str(tmp_path / 'checkpoint.pt')))
+
+  cfg = config_from_size_params(kind, case['size_params'])
+  conversion = convert_checkpoint(str(checkpoint), str(tmp_path / 'model'), config=cfg)
+  assert conversion.missing == [] and conversion.unused == []
+  if checkpoint.parent == tmp_path:
+    checkpoint.unlink()  # free the disk before running the full-size model
+  model = synchformer_jax.load(str(tmp_path / 'model'))
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  n_buffers = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(
+      nnx.state(model, synchformer_jax.models.layers.Buffer)))
+  assert n_params + n_buffers == case['n_params']
+
+  reference = dict(np.load(case_dir / 'outputs.npz'))
+  targets = reference.pop('targets', None)
+  outputs = run_model(model, kind, make_weights.case_inputs(str(case_dir)), targets)
+  failures = []
+  for name, ref in reference.items():
+    got = outputs[name]
+    assert got.shape == ref.shape, f'{name}: shape {got.shape}, reference {ref.shape}'
+    atol, rtol = _tolerance(size, ref)
+    worst = float(np.abs(got - ref).max(initial=0.0))
+    print(f'{case_dir.name}: {name:<16} worst |err| {worst:.3e} (atol {atol:.1e}, rtol {rtol:.0e})')
+    if not np.allclose(got, ref, atol=atol, rtol=rtol):
+      failures.append(f'{name}: worst |err| {worst:.3e} exceeds atol {atol:.1e} / rtol {rtol:.0e}')
+  assert not failures, '; '.join(failures)
