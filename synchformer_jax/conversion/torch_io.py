@@ -143,7 +143,7 @@ def save_torch_file(obj: Any, path: str) -> None:
 
   def to_torch(o):
     if isinstance(o, np.ndarray):
-      return torch.from_numpy(np.ascontiguousarray(o))
+      return torch.from_numpy(np.asarray(o, order="C"))
     if isinstance(o, dict):
       return {k: to_torch(v) for k, v in o.items()}
     return o

@@ -1,0 +1,132 @@
+"""Model behaviour beyond parity: sizes, train/eval modes, bf16, remat, the resized position grid."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from synchformer_jax.models import build_model, config_for_size
+from synchformer_jax.models.avclip import LOGIT_SCALE_RANGE
+from synchformer_jax.models.config import ModelConfig, VideoTowerConfig
+from synchformer_jax.models.layers import Buffer
+from synchformer_jax.models.motionformer import _torch_bicubic_matrix
+from tests.conftest import require_torch
+
+
+def _n_stored(model) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, (nnx.Param, Buffer))))
+
+
+@pytest.mark.parametrize('kind, expected', [('sync', 237_460_245), ('synchability', 237_434_882),
+                                            ('avclip', 214_841_089)])
+def test_full_size_parameter_counts_match_the_original(kind, expected):
+  model = nnx.eval_shape(lambda: build_model(config_for_size(kind, 'full')))
+  assert _n_stored(model) == expected
+
+
+def _inputs(cfg: ModelConfig, batch=2, seed=0):
+  s = cfg.transformer.n_segments
+  rng = np.random.default_rng(seed)
+  c = cfg.video.crop
+  if cfg.kind == 'avclip':
+    return (jnp.asarray(rng.uniform(-1, 1, (batch, 3, 3, 16, c, c)), jnp.float32),
+            jnp.asarray(rng.uniform(-1, 1, (batch, 3, 66, 128)), jnp.float32))
+  return (jnp.asarray(rng.uniform(-1, 1, (batch, s, 16, 3, c, c)), jnp.float32),
+          jnp.asarray(rng.uniform(-1, 1, (batch, s, 1, 128, 66)), jnp.float32))
+
+
+def test_eval_is_deterministic_and_train_mode_drops_out():
+  cfg = config_for_size('sync', 'tiny')
+  model = build_model(cfg)
+  video, audio = _inputs(cfg)
+  model.eval()
+  a, _ = model(video, audio)
+  b, _ = model(video, audio)
+  np.testing.assert_array_equal(a, b)
+  model.train()
+  c, _ = model(video, audio)
+  d, _ = model(video, audio)
+  assert not np.allclose(c, a) and not np.allclose(c, d)
+
+
+def test_drop_path_is_active_in_stage1_training_only_after_the_first_block():
+  cfg = config_for_size('avclip', 'tiny')
+  model = build_model(cfg)
+  rates = [b.drop_path.rate for b in model.v_encoder.blocks]
+  assert rates == pytest.approx(np.linspace(0, 0.2, cfg.video.depth).tolist())
+  video, audio = _inputs(cfg)
+  model.train()
+  first, _ = model(video, audio)
+  second, _ = model(video, audio)
+  assert float(first) != float(second)
+
+
+def test_bf16_compute_keeps_float32_params_and_the_argmax():
+  cfg = config_for_size('sync', 'tiny')
+  fp32 = build_model(cfg)
+  bf16 = build_model(cfg.replace(dtype='bfloat16'))
+  nnx.update(bf16, nnx.state(fp32))
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype('float32')}
+  fp32.eval(), bf16.eval()
+  video, audio = _inputs(cfg, batch=4)
+  logits32, _ = fp32(video, audio)
+  logits16, _ = bf16(video, audio)
+  assert logits16.dtype == jnp.float32
+  assert float(jnp.abs(logits32 - logits16).max()) < 0.1 * float(jnp.abs(logits32).max())
+  np.testing.assert_array_equal(jnp.argmax(logits32, -1), jnp.argmax(logits16, -1))
+
+
+def test_remat_gives_the_same_gradients():
+  cfg = config_for_size('sync', 'tiny')
+  plain, remat = build_model(cfg), build_model(cfg.replace(remat=True))
+  nnx.update(remat, nnx.state(plain))
+  video, audio = _inputs(cfg)
+  targets = jnp.array([3, 17])
+
+  def grads(model):
+    model.eval()
+    loss_fn = lambda m: m(video, audio, targets)[1]['loss']
+    return nnx.grad(loss_fn)(model)
+
+  g_plain, g_remat = grads(plain), grads(remat)
+  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_logit_scale_clamp():
+  model = build_model(config_for_size('avclip', 'tiny'))
+  model.logit_scale.set_value(jnp.asarray(3.0))
+  model.clamp_logit_scale()
+  assert float(model.logit_scale[...]) == LOGIT_SCALE_RANGE[1]
+
+
+def test_wrong_input_shapes_are_named():
+  cfg = config_for_size('sync', 'tiny')
+  model = build_model(cfg)
+  video, audio = _inputs(cfg)
+  with pytest.raises(ValueError, match='Motionformer: expected video'):
+    model(video[..., :32, :32], audio)
+  with pytest.raises(ValueError, match='positional table has 198 rows'):
+    model(video[:, :13], audio[:, :13])
+
+
+@pytest.mark.parametrize('crop', [64, 112, 160])
+def test_position_grid_resize_matches_torch_bicubic(crop):
+  torch = require_torch()
+  grid = torch.arange(14 * 14 * 3, dtype=torch.float32).reshape(1, 14, 14, 3).permute(0, 3, 1, 2) / 100
+  scale = float(np.sqrt((crop // 16) ** 2 / 196))
+  expected = torch.nn.functional.interpolate(grid, scale_factor=scale, mode='bicubic').numpy()[0]
+  m = _torch_bicubic_matrix(14, scale)
+  got = np.einsum('yi,xj,cij->cyx', m, m, grid.numpy()[0])
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_invalid_configs_name_the_field():
+  with pytest.raises(ValueError, match='ModelConfig.video: dim 100 is not divisible by heads 12'):
+    ModelConfig(video=VideoTowerConfig(dim=100))
+  with pytest.raises(ValueError, match='ModelConfig.dtype'):
+    ModelConfig(dtype='float16')
+  with pytest.raises(ValueError, match="ModelConfig.audio: unknown fields \\['depthh'\\]"):
+    ModelConfig.from_dict({'audio': {'depthh': 3}})
+  with pytest.raises(ValueError, match='model size'):
+    config_for_size('sync', 'huge')
