@@ -35,17 +35,22 @@ def _inputs(cfg: ModelConfig, batch=2, seed=0):
           jnp.asarray(rng.uniform(-1, 1, (batch, s, 1, 128, 66)), jnp.float32))
 
 
+@nnx.jit
+def forward(model, video, audio):
+  return model(video, audio)[0]
+
+
 def test_eval_is_deterministic_and_train_mode_drops_out():
   cfg = config_for_size('sync', 'tiny')
   model = build_model(cfg)
   video, audio = _inputs(cfg)
   model.eval()
-  a, _ = model(video, audio)
-  b, _ = model(video, audio)
+  a = forward(model, video, audio)
+  b = forward(model, video, audio)
   np.testing.assert_array_equal(a, b)
   model.train()
-  c, _ = model(video, audio)
-  d, _ = model(video, audio)
+  c = forward(model, video, audio)
+  d = forward(model, video, audio)
   assert not np.allclose(c, a) and not np.allclose(c, d)
 
 
@@ -56,8 +61,8 @@ def test_drop_path_is_active_in_stage1_training_only_after_the_first_block():
   assert rates == pytest.approx(np.linspace(0, 0.2, cfg.video.depth).tolist())
   video, audio = _inputs(cfg)
   model.train()
-  first, _ = model(video, audio)
-  second, _ = model(video, audio)
+  first = forward(model, video, audio)
+  second = forward(model, video, audio)
   assert float(first) != float(second)
 
 
@@ -69,8 +74,8 @@ def test_bf16_compute_keeps_float32_params_and_the_argmax():
   assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype('float32')}
   fp32.eval(), bf16.eval()
   video, audio = _inputs(cfg, batch=4)
-  logits32, _ = fp32(video, audio)
-  logits16, _ = bf16(video, audio)
+  logits32 = forward(fp32, video, audio)
+  logits16 = forward(bf16, video, audio)
   assert logits16.dtype == jnp.float32
   assert float(jnp.abs(logits32 - logits16).max()) < 0.1 * float(jnp.abs(logits32).max())
   np.testing.assert_array_equal(jnp.argmax(logits32, -1), jnp.argmax(logits16, -1))
@@ -86,7 +91,7 @@ def test_remat_gives_the_same_gradients():
   def grads(model):
     model.eval()
     loss_fn = lambda m: m(video, audio, targets)[1]['loss']
-    return nnx.grad(loss_fn)(model)
+    return nnx.jit(nnx.grad(loss_fn))(model)
 
   g_plain, g_remat = grads(plain), grads(remat)
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
@@ -105,9 +110,9 @@ def test_wrong_input_shapes_are_named():
   model = build_model(cfg)
   video, audio = _inputs(cfg)
   with pytest.raises(ValueError, match='Motionformer: expected video'):
-    model(video[..., :32, :32], audio)
+    forward(model, video[..., :32, :32], audio)
   with pytest.raises(ValueError, match='positional table has 198 rows'):
-    model(video[:, :13], audio[:, :13])
+    forward(model, video[:, :13], audio[:, :13])
 
 
 @pytest.mark.parametrize('crop', [64, 112, 160])
