@@ -15,11 +15,11 @@ TOWERS = ('motionformer', 'ast')
 def build_model(cfg: ModelConfig, seed: int = 0, *, tower: str | None = None) -> nnx.Module:
   """A freshly initialised model of the config's kind, or with `tower` only that tower of it.
 
-  Under `jax.set_mesh(mesh)` with logical-axis rules the parameters are created already sharded;
-  without a mesh they live on the default device.
+  Parameters carry logical sharding axes as metadata; `synchformer_jax.sharding` creates them
+  already sharded on a mesh by jitting this function with output shardings.
   """
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-  with nnx.use_eager_sharding(not jax.sharding.get_abstract_mesh().empty):
+  with nnx.use_eager_sharding(False):
     if tower == 'motionformer':
       return Motionformer(cfg.video, remat=cfg.remat, attention_impl=cfg.attention_impl,
                           dtype=jax.numpy.dtype(cfg.dtype), rngs=rngs)
