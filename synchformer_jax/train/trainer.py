@@ -1,0 +1,128 @@
+"""Train state, losses and the jitted train / eval steps for every stage.
+
+The state is the NNX pair (model, optimizer), split into a graph definition and a pytree of arrays
+that jit takes with explicit shardings and donates. Stage I trains both towers with the segment
+contrastive loss; Stage II / III keep the towers frozen and in eval mode (their features are computed
+under `stop_gradient`, or precomputed) and train the projections, transformer and head.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from synchformer_jax import sharding
+from synchformer_jax.models import build_model, classification_loss
+from synchformer_jax.models.config import ModelConfig
+from synchformer_jax.train.optim import make_optimizer
+
+FROZEN_TOWERS = ('vfeat_extractor', 'afeat_extractor')
+TARGET_KEY = {'sync': 'offset_target', 'synchability': 'sync_target'}
+
+
+def trainable(kind: str):
+  """The parameters a stage trains (an NNX filter)."""
+  if kind == 'avclip':
+    return nnx.Param
+  return nnx.All(nnx.Param, nnx.Not(nnx.Any(*(nnx.PathContains(t) for t in FROZEN_TOWERS))))
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Holds the graph definition, the shardings and the compiled steps; the state itself is a pytree."""
+  model_cfg: ModelConfig
+  mesh: Mesh
+  graphdef: Any
+  state_shardings: Any
+  train_step: Callable
+  eval_step: Callable
+
+  def merge(self, state) -> tuple[nnx.Module, nnx.Optimizer]:
+    return nnx.merge(self.graphdef, state)
+
+  def model_state(self, state) -> Any:
+    """The model's variables out of the train state (for export / evaluation)."""
+    model, _ = self.merge(state)
+    return nnx.state(model)
+
+
+def _set_modes(model: nnx.Module, kind: str) -> None:
+  model.train()
+  if kind != 'avclip':  # the original keeps the frozen towers in eval mode while training Stage II
+    for tower in FROZEN_TOWERS:
+      getattr(model, tower).eval()
+
+
+def _stage2_logits(model, batch) -> jax.Array:
+  if 'vfeat' in batch:  # features precomputed once by the frozen towers
+    vfeat, afeat = batch['vfeat'], batch['afeat']
+  else:
+    vfeat, afeat = jax.lax.stop_gradient(model.extract_features(batch['video'], batch['audio']))
+  return model.classify(vfeat, afeat)
+
+
+def loss_and_metrics(model: nnx.Module, batch: dict[str, jax.Array], kind: str) -> tuple[jax.Array, dict]:
+  if kind == 'avclip':
+    loss, aux = model(batch['video'], batch['audio'])
+    return loss, {'logit_scale': aux['logit_scale']}
+  logits = _stage2_logits(model, batch)
+  targets = batch[TARGET_KEY[kind]]
+  loss = classification_loss(logits, targets)
+  return loss, {'accuracy': jnp.mean(jnp.argmax(logits, -1) == targets)}
+
+
+def create_state(model_cfg: ModelConfig, optim_cfg, total_steps: int, mesh: Mesh, seed: int,
+                 init_params: Callable[[nnx.Module], None] | None = None):
+  """(graphdef, state, state shardings): model and optimiser created directly in their shards.
+
+  `init_params(model)` may overwrite parameters (pretrained towers) before the optimiser state is made.
+  """
+  tx = make_optimizer(optim_cfg, total_steps)
+  kind = model_cfg.kind
+
+  def build():
+    model = build_model(model_cfg, seed)
+    if init_params is not None:
+      init_params(model)
+    return model, nnx.Optimizer(model, tx, wrt=trainable(kind))
+
+  model, optimizer = sharding.create_sharded(build, mesh)
+  graphdef, state = nnx.split((model, optimizer))
+  return graphdef, state, jax.tree.map(lambda x: x.sharding, state)
+
+
+def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings) -> Trainer:
+  kind = model_cfg.kind
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def train_step(state, batch):
+    model, optimizer = nnx.merge(graphdef, state)
+    _set_modes(model, kind)
+    if kind == 'avclip':
+      model.clamp_logit_scale()
+    grad_fn = nnx.value_and_grad(lambda m: loss_and_metrics(m, batch, kind), has_aux=True,
+                                 argnums=nnx.DiffState(0, trainable(kind)))
+    (loss, metrics), grads = grad_fn(model)
+    optimizer.update(model, grads)
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    return nnx.split((model, optimizer))[1], metrics
+
+  def eval_step(state, batch):
+    model, _ = nnx.merge(graphdef, state)
+    model.eval()
+    if kind == 'avclip':
+      vfeat, afeat = model.embed_segments(batch['video'], batch['audio'])
+      return {'segment_vfeat': vfeat, 'segment_afeat': afeat}
+    return {'logits': _stage2_logits(model, batch)}
+
+  return Trainer(
+      model_cfg, mesh, graphdef, state_shardings,
+      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0),
+      eval_step=jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding), out_shardings=replicated))
