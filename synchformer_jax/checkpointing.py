@@ -1,4 +1,7 @@
-"""Model checkpoints on disk: orbax arrays plus a JSON description. The only module that imports orbax.
+"""Checkpoints on disk; the only module that imports orbax.
+
+Model directories (`save_model_dir`) are what `synchformer_jax.load` reads and the converter writes;
+training checkpoints (`TrainCheckpointer`) add the optimiser, RNG and data-iterator state for resuming.
 
 A model directory holds `synchformer_jax.json` (format version, what the directory holds, the model
 config, provenance) and `params/` (an orbax PyTree of the parameters, flat: dotted path → array).
@@ -9,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from typing import Any, Iterator
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -65,3 +70,76 @@ def load_params(directory: str, target: dict[str, Any] | None = None) -> dict[st
   """The flat parameters of a model directory; with `target` (abstract arrays) restored to its shardings."""
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR), target)
+
+
+def _is_key(x) -> bool:
+  return hasattr(x, 'dtype') and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _savable(tree: Any) -> Any:
+  """Typed PRNG keys → their raw uint32 data (orbax stores plain arrays)."""
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _abstract_savable(abstract: Any) -> Any:
+  def convert(x):
+    if _is_key(x):
+      data = jax.eval_shape(jax.random.key_data, x)
+      sharding = getattr(x, 'sharding', None)
+      return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=_key_data_sharding(sharding, data.ndim))
+    return x
+  return jax.tree.map(convert, abstract)
+
+
+def _key_data_sharding(sharding, ndim: int):
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec, *([None] * (ndim - len(sharding.spec)))))
+  return sharding
+
+
+def _restore_keys(tree: Any, abstract: Any) -> Any:
+  return jax.tree.map(lambda x, a: jax.random.wrap_key_data(x, impl=jax.random.key_impl(a)) if _is_key(a) else x,
+                      tree, abstract)
+
+
+class TrainCheckpointer:
+  """Training checkpoints: the train state (sharded arrays), the data iterator state and run metadata.
+
+  Saves are asynchronous; the last `keep` steps are kept. `restore_latest` falls back to the previous
+  checkpoint, with a warning, when the latest cannot be read (e.g. a run killed mid-write).
+  """
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                           create=True, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'data', 'meta'))
+
+  def save(self, step: int, state: Any, data_state: dict[str, Any], meta: dict[str, Any]) -> None:
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_savable(state)),
+                                                     data=ocp.args.JsonSave(data_state),
+                                                     meta=ocp.args.JsonSave(meta)))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
+    """(step, state, data_state, meta) of the newest readable checkpoint, or None when there is none."""
+    for step in reversed(self.steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract_savable(abstract_state)),
+            data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # any unreadable checkpoint: try the one before
+        logging.warning('checkpoint at step %d in %s is unreadable (%s: %s); falling back to the previous one',
+                        step, self.directory, type(e).__name__, e)
+        continue
+      return step, _restore_keys(restored.state, abstract_state), dict(restored.data), dict(restored.meta)
+    return None
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

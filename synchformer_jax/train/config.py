@@ -1,0 +1,148 @@
+"""Training config defaults shared by `configs/{avclip,sync,synchability}.py`, and their validation.
+
+Every field is checked before any work starts; an invalid value raises `ConfigError` naming the field.
+"""
+from __future__ import annotations
+
+import math
+
+from ml_collections import ConfigDict
+
+from synchformer_jax.models.config import SIZES
+from synchformer_jax.sharding import MESH_AXES, BATCH_AXES
+from synchformer_jax.train.optim import OPTIMIZERS, SCHEDULES
+
+STAGES = ('avclip', 'sync', 'synchability')
+OFFSET_TYPES = ('grid', 'uniform', 'uniform_binary')
+
+
+class ConfigError(ValueError):
+  """An invalid training config value; the message names the field."""
+
+
+def base_config(stage: str) -> ConfigDict:
+  """The CPU-sized default of a stage: the embedded synthetic dataset and a tiny model."""
+  c = ConfigDict()
+  c.stage = stage
+  c.seed = 0
+  c.total_steps = 200
+  c.batch_size = 8  # global, over all processes and devices
+  c.log_every = 1
+  c.eval_every = 100
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 3
+
+  c.model = ConfigDict()
+  c.model.size = 'tiny'
+  c.model.dtype = 'float32'
+  c.model.remat = False
+  c.model.attention_impl = ''  # '' lets JAX choose; 'cudnn' for the fused kernel on NVIDIA GPUs
+  # Model directory to start from: Stage II takes a Stage I (or converted) model for its towers,
+  # the synchronizability fine-tune a Stage II model.
+  c.model.init = ''
+
+  c.data = ConfigDict()
+  c.data.name = 'synthetic_sync'
+  c.data.dir = 'data/generated'
+  c.data.build_if_missing = True  # synthetic_sync only: generated on the first run
+  c.data.num_clips = 400  # per split, when building synthetic_sync
+  c.data.train_split = 'train'
+  c.data.eval_split = 'valid'
+  c.data.eval_max_clips = 64
+  c.data.offset_type = 'grid'
+  c.data.prob_oos = 0.5
+  c.data.original_decoder = False
+  c.data.workers = 0  # grain worker processes; 0 decodes in the training process
+  c.data.read_threads = 2
+  c.data.max_failure_rate = 0.01
+
+  c.optim = ConfigDict()
+  c.optim.name = 'adam'
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = 'constant_with_warmup'
+  c.optim.warmup_steps = 20
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-7
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+  c.optim.grad_accum = 1
+
+  c.mesh = ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  return c
+
+
+def _check(condition: bool, field: str, expected: str, value) -> None:
+  if not condition:
+    raise ConfigError(f'config.{field}: expected {expected}, got {value!r}')
+
+
+def validate(c: ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError for the first invalid field."""
+  _check(c.stage in STAGES, 'stage', f'one of {STAGES}', c.stage)
+  for field in ('total_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
+    _check(isinstance(c[field], int) and c[field] > 0, field, 'a positive integer', c[field])
+  _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', 'a non-negative integer', c.seed)
+  _check(c.model.size in SIZES, 'model.size', f'one of {SIZES}', c.model.size)
+  _check(c.model.dtype in ('float32', 'bfloat16'), 'model.dtype', "'float32' or 'bfloat16'", c.model.dtype)
+  _check(c.model.attention_impl in ('', 'xla', 'cudnn'), 'model.attention_impl', "'', 'xla' or 'cudnn'",
+         c.model.attention_impl)
+  _check(c.stage == 'avclip' or bool(c.model.init) or c.model.size != 'full', 'model.init',
+         'a model directory for a full-size Stage II / III run (its frozen towers)', c.model.init)
+  _check(c.data.offset_type in OFFSET_TYPES, 'data.offset_type', f'one of {OFFSET_TYPES}', c.data.offset_type)
+  _check(0.0 <= c.data.prob_oos <= 1.0, 'data.prob_oos', 'a probability', c.data.prob_oos)
+  _check(0.0 <= c.data.max_failure_rate < 1.0, 'data.max_failure_rate', 'a rate in [0, 1)', c.data.max_failure_rate)
+  _check(isinstance(c.data.workers, int) and c.data.workers >= 0, 'data.workers', 'a non-negative integer',
+         c.data.workers)
+  _check(c.optim.name in OPTIMIZERS, 'optim.name', f'one of {OPTIMIZERS}', c.optim.name)
+  _check(c.optim.schedule in SCHEDULES, 'optim.schedule', f'one of {SCHEDULES}', c.optim.schedule)
+  _check(c.optim.learning_rate > 0, 'optim.learning_rate', 'a positive number', c.optim.learning_rate)
+  _check(c.optim.warmup_steps >= 0, 'optim.warmup_steps', 'a non-negative integer', c.optim.warmup_steps)
+  _check(isinstance(c.optim.grad_accum, int) and c.optim.grad_accum >= 1, 'optim.grad_accum',
+         'a positive integer', c.optim.grad_accum)
+  _check(c.optim.clip_norm >= 0, 'optim.clip_norm', 'a non-negative number (0: no clipping)', c.optim.clip_norm)
+  _check(set(c.mesh) <= set(MESH_AXES), 'mesh', f'axes among {MESH_AXES}', dict(c.mesh))
+  sizes = {a: c.mesh.get(a, 1) for a in MESH_AXES}
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  _check(num_devices % fixed == 0 and (-1 in sizes.values() or fixed == num_devices), 'mesh',
+         f'sizes whose product is the {num_devices} devices (one may be -1)', dict(c.mesh))
+  data_parallel = math.prod(sizes[a] if sizes[a] != -1 else num_devices // fixed for a in BATCH_AXES)
+  _check(c.batch_size % (data_parallel * c.optim.grad_accum) == 0, 'batch_size',
+         f'a multiple of data × fsdp ({data_parallel}) × optim.grad_accum ({c.optim.grad_accum})', c.batch_size)
+
+
+# The published runs (data spec §5): datasets, batch sizes and optimiser settings per stage.
+RECIPE_DATASETS = {'audioset': 'audioset', 'vggsound': 'vggsound', 'lrs3': 'lrs3_h264'}
+
+
+def full_size_recipe(c: ConfigDict, variant: str) -> None:
+  """Turns a default config into the original's full-size recipe on a real dataset, in place.
+
+  Batch sizes are the original's global ones for 16 GPUs (Stage I: 2 clips per GPU; Stage II: 16);
+  Stage II's learning rate is the original's 2e-6 × world size, here for 16 devices.
+  """
+  if variant not in RECIPE_DATASETS:
+    raise ConfigError(f'config variant: expected one of {sorted(RECIPE_DATASETS)}, got {variant!r}')
+  c.model.size = 'full'
+  c.model.dtype = 'bfloat16'
+  c.model.remat = c.stage == 'avclip'
+  c.data.name = RECIPE_DATASETS[variant]
+  c.data.build_if_missing = False
+  c.data.eval_max_clips = 100_000
+  c.data.workers = 8
+  c.log_every = 20
+  c.checkpoint_every = 2000
+  if c.stage == 'avclip':
+    c.batch_size = 32
+    c.total_steps = 300_000
+    c.eval_every = 5000
+    c.optim.update(name='adamw', schedule='cosine', learning_rate=5e-5 if variant == 'lrs3' else 1e-4,
+                   warmup_steps=1000 // 16, eps=1e-8, weight_decay=0.0)
+  else:
+    c.batch_size = 256
+    c.total_steps = 500_000
+    c.eval_every = 2000
+    c.optim.update(name='adam', schedule='constant_with_warmup', learning_rate=2e-6 * 16, warmup_steps=1000,
+                   eps=1e-7, weight_decay=0.0)
+    if c.stage == 'synchability':
+      c.data.offset_type = 'grid'

@@ -1,0 +1,115 @@
+"""Evaluation metrics as the original computes them (numpy, on gathered outputs), and metric writers."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def offset_metrics(logits: np.ndarray, targets: np.ndarray, num_classes: int = 21) -> dict[str, float]:
+  """acc@1, acc@5 and acc@1 ±1 class (the original's `calc_cls_metrics`), plus per-class accuracy."""
+  logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
+  order = np.argsort(-logits, axis=-1, kind='stable')
+  top1 = order[:, 0]
+  metrics = {'accuracy_1': float(np.mean(top1 == targets)),
+             'accuracy_5': float(np.mean(np.any(order[:, :5] == targets[:, None], axis=-1))),
+             'accuracy_1_tol1': float(np.mean(np.abs(top1 - targets) <= 1))}
+  per_class = [float(np.mean(top1[targets == c] == c)) for c in range(num_classes) if np.any(targets == c)]
+  metrics['accuracy_1_median'] = float(np.median(per_class)) if per_class else float('nan')
+  return metrics
+
+
+def confusion_matrix(predictions: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (np.asarray(targets), np.asarray(predictions)), 1)
+  return matrix
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Area under the ROC curve (Mann–Whitney U with tied scores counted half); NaN with one class only."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+  n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float('nan')
+  order = np.argsort(scores, kind='stable')
+  ranks = np.empty(len(scores))
+  sorted_scores = scores[order]
+  start = 0
+  for end in range(1, len(scores) + 1):  # average ranks over ties
+    if end == len(scores) or sorted_scores[end] != sorted_scores[start]:
+      ranks[order[start:end]] = (start + end + 1) / 2
+      start = end
+  return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def synchronizability_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+  """Accuracy of p(sync) > 0.5 and the ROC AUC of p(sync); class 1 is 'synchronizable'."""
+  logits = np.asarray(logits, np.float64)
+  p_sync = np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
+  return {'accuracy': float(np.mean((p_sync > 0.5) == (np.asarray(targets) == 1))),
+          'roc_auc': roc_auc(p_sync, np.asarray(targets) == 1)}
+
+
+def shifted_window_precision(vfeat: np.ndarray, afeat: np.ndarray, window: int = 8) -> dict[str, float]:
+  """Stage I zero-shot validation: can windows of `window` segments be matched to their own shift?
+
+  vfeat, afeat: (B, S, D) L2-normalised segment embeddings. Windows of consecutive segments are
+  concatenated, and each visual (audio) window must find its own audio (visual) window among the clip's
+  S − window + 1 shifts.
+  """
+  b, s, d = vfeat.shape
+  n = s - window + 1
+  if n < 1:
+    raise ValueError(f'shifted_window_precision: {s} segments are fewer than the window of {window}')
+  idx = np.arange(n)[:, None] + np.arange(window)[None, :]
+  v_win = vfeat[:, idx].reshape(b, n, window * d)
+  a_win = afeat[:, idx].reshape(b, n, window * d)
+  sim = np.einsum('bid,bjd->bij', a_win, v_win)  # M[i, j] = <audio window i, visual window j>
+  precision_a = np.mean(np.argmax(sim, axis=1) == np.arange(n), axis=-1)
+  precision_v = np.mean(np.argmax(sim, axis=2) == np.arange(n), axis=-1)
+  return {'precision': float(np.mean((precision_a + precision_v) / 2)), 'precision_a': float(np.mean(precision_a)),
+          'precision_v': float(np.mean(precision_v))}
+
+
+def segment_retrieval(vfeat: np.ndarray, afeat: np.ndarray) -> dict[str, float]:
+  """Recall@1 of segment-to-segment retrieval among all segments of the batch, both directions."""
+  v, a = vfeat.reshape(-1, vfeat.shape[-1]), afeat.reshape(-1, afeat.shape[-1])
+  sim = v @ a.T
+  target = np.arange(len(v))
+  return {'v2a_recall_1': float(np.mean(np.argmax(sim, axis=1) == target)),
+          'a2v_recall_1': float(np.mean(np.argmax(sim, axis=0) == target))}
+
+
+class MetricWriter:
+  """Per-step metrics to `metrics.jsonl` (one object per line) and to TensorBoard event files."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # imported here: only training writes events
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines of steps after `step`: a resumed run re-logs them."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= step]
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: Mapping[str, Any], prefix: str = '') -> None:
+    scalars = {f'{prefix}{k}': float(v) for k, v in metrics.items()}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, step)
+
+  def flush(self) -> None:
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._tb.close()
