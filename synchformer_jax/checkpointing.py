@@ -98,8 +98,8 @@ def _key_data_sharding(sharding, ndim: int):
 
 
 def _restore_keys(tree: Any, abstract: Any) -> Any:
-  return jax.tree.map(lambda x, a: jax.random.wrap_key_data(x, impl=jax.random.key_impl(a)) if _is_key(a) else x,
-                      tree, abstract)
+  # Keys are made with the default PRNG implementation (nnx.Rngs), so wrapping with it restores them.
+  return jax.tree.map(lambda x, a: jax.random.wrap_key_data(x) if _is_key(a) else x, tree, abstract)
 
 
 class TrainCheckpointer:

@@ -1,0 +1,105 @@
+"""Recovery: a run killed with SIGKILL and resumed logs exactly the losses of an uninterrupted run;
+SIGTERM saves and exits cleanly; an unreadable latest checkpoint falls back to the previous one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synchformer_jax.checkpointing import TrainCheckpointer
+from tests.conftest import REPO_ROOT
+
+TRAIN = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'), '--config', str(REPO_ROOT / 'configs' / 'sync.py')]
+
+
+def _overrides(data_dir: Path, total_steps: int = 6) -> list[str]:
+  return [f'--config.total_steps={total_steps}', '--config.batch_size=2', '--config.checkpoint_every=2',
+          '--config.eval_every=1000', '--config.data.eval_max_clips=2', '--config.data.num_clips=6',
+          f'--config.data.dir={data_dir}', '--config.keep_checkpoints=10']
+
+
+def _step_losses(workdir: Path) -> dict[int, float]:
+  """The last logged loss of every step (a resumed run re-logs the steps after its checkpoint)."""
+  losses = {}
+  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+    record = json.loads(line)
+    if 'loss' in record:
+      losses[record['step']] = record['loss']
+  return losses
+
+
+def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, timeout: float = 600) -> None:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if (workdir / 'metrics.jsonl').exists() and max(_step_losses(workdir), default=0) >= step:
+      return
+    assert proc.poll() is None, f'training exited early: {proc.stderr.read()[-3000:]}'
+    time.sleep(0.2)
+  raise TimeoutError(f'step {step} not reached')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('data')
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_logs_the_same_losses(tmp_path, data_dir):
+  reference = tmp_path / 'reference'
+  subprocess.run(TRAIN + ['--workdir', str(reference)] + _overrides(data_dir), check=True, capture_output=True,
+                 timeout=900)
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen(TRAIN + ['--workdir', str(killed)] + _overrides(data_dir), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for_step(killed, proc, 5)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'model').exists()
+  subprocess.run(TRAIN + ['--workdir', str(killed)] + _overrides(data_dir), check=True, capture_output=True, timeout=900)
+  expected, resumed = _step_losses(reference), _step_losses(killed)
+  assert sorted(expected) == list(range(1, 7))
+  assert resumed == expected
+  assert (killed / 'model' / 'synchformer_jax.json').exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(TRAIN + ['--workdir', str(workdir)] + _overrides(data_dir, total_steps=50),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for_step(workdir, proc, 1)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  stopped_at = max(_step_losses(workdir))
+  assert stopped_at < 50
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps[-1] == stopped_at  # saved at the step it stopped, not only at checkpoint_every
+  subprocess.run(TRAIN + ['--workdir', str(workdir)] + _overrides(data_dir, total_steps=stopped_at + 1), check=True,
+                 capture_output=True, timeout=900)
+  assert sorted(_step_losses(workdir)) == list(range(1, stopped_at + 2))
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  checkpointer = TrainCheckpointer(str(tmp_path / 'ckpt'), keep=5, async_save=False)
+  state = {'w': jnp.arange(4.0), 'key': jax.random.key(0)}
+  for step in (1, 2):
+    checkpointer.save(step, jax.tree.map(lambda x: x * step if x.dtype == jnp.float32 else x, state),
+                      {'position': step}, {'best': step})
+  checkpointer.wait()
+  for path in (tmp_path / 'ckpt' / '2' / 'state').rglob('*'):
+    if path.is_file():
+      path.write_bytes(b'garbage')
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  step, restored, data_state, meta = checkpointer.restore_latest(abstract)
+  assert (step, data_state, meta) == (1, {'position': 1}, {'best': 1})
+  np.testing.assert_array_equal(restored['w'], np.arange(4.0))
+  assert jax.random.key_data(restored['key']).tolist() == jax.random.key_data(state['key']).tolist()
+  assert 'step 2' in caplog.text and 'falling back' in caplog.text
+  checkpointer.close()
