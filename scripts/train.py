@@ -19,6 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax and grain narrate every save at INFO
   result = train(_CONFIG.value, _WORKDIR.value)
   print({k: v for k, v in result.items() if not isinstance(v, dict)} | {'best': result['best']})
 

@@ -110,7 +110,7 @@ def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings) 
                                  argnums=nnx.DiffState(0, trainable(kind)))
     (loss, metrics), grads = grad_fn(model)
     optimizer.update(model, grads)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     return nnx.split((model, optimizer))[1], metrics
 
   def eval_step(state, batch):
