@@ -1,4 +1,5 @@
 """Shared test helpers: where ../shared lives, and the rule that a missing fixture fails in CI."""
+import importlib
 import os
 from pathlib import Path
 
@@ -29,12 +30,16 @@ def case_dirs(root: Path) -> list[Path]:
   return sorted(p for p in root.iterdir() if (p / 'case.json').is_file()) if root.is_dir() else []
 
 
-def require_torch():
-  """torch reads/writes the original's checkpoints; optional for users, installed in CI."""
+def require_optional(module: str, extra: str):
+  """An optional dependency (a pyproject extra): skipped when missing locally, a failure in CI."""
   try:
-    import torch
+    return importlib.import_module(module)
   except ImportError:
     if in_ci():
-      pytest.fail("torch is not installed (CI installs '.[torch,test]')")
-    pytest.skip('torch is not installed')
-  return torch
+      pytest.fail(f"{module} is not installed (CI installs '.[{extra}]')")
+    pytest.skip(f"{module} is not installed (pip install -e '.[{extra}]')")
+
+
+def require_torch():
+  """torch reads/writes the original's checkpoints."""
+  return require_optional('torch', 'torch')

@@ -185,25 +185,26 @@ def _paint_box(canvas: np.ndarray, cx: float, cy: float, half_w: float, half_h: 
   patch += alpha * (color - patch)
 
 
-def _bilinear_matrix(size: int, grid: int) -> np.ndarray:
-  """(size, grid) matrix that linearly interpolates `grid` control points onto `size` pixels."""
+def _bilinear_taps(size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left control point and weight of the right one, for each of `size` pixels spanning `grid` points."""
   pos = np.linspace(0.0, grid - 1.0, size)
-  lo = np.minimum(pos.astype(int), grid - 2)
-  frac = pos - lo
-  m = np.zeros((size, grid), np.float32)
-  m[np.arange(size), lo] = 1.0 - frac
-  m[np.arange(size), lo + 1] = frac
-  return m
+  left = np.minimum(pos.astype(int), grid - 2)
+  return left, (pos - left).astype(np.float32)
+
+
+def _object_geometry(spec: SyntheticSpec) -> tuple[float, float]:
+  """(object diameter, bounce height = hammer stroke), in pixels."""
+  size = spec.object_size * min(spec.height, spec.width)
+  return size, 2.5 * size
 
 
 def _render_frames(spec: SyntheticSpec, kind: str, objects: Sequence[_Object], rng: np.random.Generator) -> np.ndarray:
   h, w = spec.height, spec.width
-  size = spec.object_size * min(h, w)
-  travel = 2.5 * size  # bounce height and hammer stroke length, pixels
+  size, travel = _object_geometry(spec)
   t = np.arange(spec.num_frames) / spec.fps
 
-  # Static background: a vertical gradient plus each object's static part (floor, anvil,
-  # lamp socket), so that only the objects themselves move.
+  # Static background: a vertical gradient plus each object's static part (floor, anvil), so
+  # that only the objects themselves move.
   top, bottom = rng.uniform(20, 110, size=3), rng.uniform(20, 110, size=3)
   ramp = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
   background = np.broadcast_to(top + ramp * (bottom - top), (h, w, 3)).astype(np.float32)
@@ -216,28 +217,33 @@ def _render_frames(spec: SyntheticSpec, kind: str, objects: Sequence[_Object], r
 
   # Luminance flicker, temporally smooth (AR(1)) so that it compresses like real sensor drift.
   flicker = np.empty((spec.num_frames, _NOISE_GRID, _NOISE_GRID), np.float32)
-  state = rng.standard_normal((_NOISE_GRID, _NOISE_GRID))
+  noise = rng.standard_normal((_NOISE_GRID, _NOISE_GRID))
   for k in range(spec.num_frames):
-    state = 0.8 * state + 0.6 * rng.standard_normal((_NOISE_GRID, _NOISE_GRID))
-    flicker[k] = state
+    noise = 0.8 * noise + 0.6 * rng.standard_normal((_NOISE_GRID, _NOISE_GRID))
+    flicker[k] = noise
   flicker *= 255.0 * spec.video_noise
-  up_y, up_x = _bilinear_matrix(h, _NOISE_GRID), _bilinear_matrix(w, _NOISE_GRID)
+  # Bilinear upsampling by gathers, not matmuls: multi-threaded BLAS on tiny matrices stalls
+  # badly when the cores are busy (as in a pool of generator processes).
+  top_y, weight_y = _bilinear_taps(h, _NOISE_GRID)
+  left_x, weight_x = _bilinear_taps(w, _NOISE_GRID)
+  flicker_rows = flicker[:, top_y] * (1.0 - weight_y[:, None]) + flicker[:, top_y + 1] * weight_y[:, None]
 
   drift = [obj.drift_amplitude * np.sin(2 * np.pi * obj.drift_hz * t + obj.drift_phase) for obj in objects]
   profiles = [_event_profile(kind, t, obj.event_times) for obj in objects]
   frames = np.empty((spec.num_frames, h, w, 3), np.uint8)
   for k in range(spec.num_frames):
-    canvas = background + (up_y @ flicker[k] @ up_x.T)[..., None]
-    for obj, dx, state in zip(objects, drift, profiles):
+    rows = flicker_rows[k]
+    canvas = background + (rows[:, left_x] * (1.0 - weight_x) + rows[:, left_x + 1] * weight_x)[..., None]
+    for obj, dx, profile in zip(objects, drift, profiles):
       x = obj.x + dx[k]
       if kind == 'bounce':
-        _paint_disc(canvas, x, obj.y - travel * state[k], size / 2, obj.color)
+        _paint_disc(canvas, x, obj.y - travel * profile[k], size / 2, obj.color)
       elif kind == 'hammer':
-        head_y = obj.y - travel * state[k]
+        head_y = obj.y - travel * profile[k]
         _paint_box(canvas, x, head_y - 0.9 * size, 0.12 * size, 0.8 * size, obj.color * 0.6)  # handle
         _paint_box(canvas, x, head_y, 0.5 * size, 0.3 * size, obj.color)  # head
       else:  # flash: a dim lamp that lights up
-        _paint_disc(canvas, x, obj.y, size / 2, obj.color * (0.25 + 0.75 * state[k]))
+        _paint_disc(canvas, x, obj.y, size / 2, obj.color * (0.25 + 0.75 * profile[k]))
     np.clip(canvas, 0.0, 255.0, out=canvas)
     frames[k] = canvas
   return frames
@@ -295,14 +301,12 @@ def render_clip(spec: SyntheticSpec, seed: int | Sequence[int]) -> SyntheticClip
   rng = np.random.default_rng(seed)
   label = int(rng.integers(len(EVENT_KINDS)))
   kind = EVENT_KINDS[label]
-  h, w = spec.height, spec.width
-  size = spec.object_size * min(h, w)
-  travel = 2.5 * size
+  size, travel = _object_geometry(spec)
 
   # Objects sit in distinct columns, the actor in a random one, so its place reveals nothing.
   num_objects = 1 + spec.num_distractors
   columns = rng.permutation(num_objects)
-  column_width = w / num_objects
+  column_width = spec.width / num_objects
   first, last = -_EDGE_MARGIN_SEC, spec.duration_sec + _EDGE_MARGIN_SEC
   objects = []
   for i in range(num_objects):
@@ -310,7 +314,7 @@ def render_clip(spec: SyntheticSpec, seed: int | Sequence[int]) -> SyntheticClip
     objects.append(
         _Object(
             x=(columns[i] + 0.5) * column_width,
-            y=rng.uniform(lowest, h - 1.2 * size),
+            y=rng.uniform(lowest, spec.height - 1.2 * size),
             drift_amplitude=rng.uniform(0.1, 0.3) * max(column_width - 2 * size, 0.0),
             drift_hz=rng.uniform(0.05, 0.25),
             drift_phase=rng.uniform(0, 2 * np.pi),
@@ -335,7 +339,8 @@ def encode_mp4(frames: np.ndarray, audio: np.ndarray, *, fps: int, audio_rate: i
     # threads=1: x264's output bits depend on its thread count; one thread keeps clips
     # byte-identical across machines.
     video.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'}
-    sound = container.add_stream('aac', rate=audio_rate, layout='mono')
+    # 48 kb/s is ample for 16-kHz mono; the encoder's default (128 kb/s) mostly spends bits on hiss.
+    sound = container.add_stream('aac', rate=audio_rate, layout='mono', bit_rate=48000)
     for frame in frames:
       container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
     container.mux(video.encode())
@@ -390,12 +395,15 @@ def sample_offset_and_vstart(
 def event_envelopes(clip: SyntheticClip, *, fps: int, audio_rate: int) -> tuple[np.ndarray, np.ndarray]:
   """Per-video-frame event strength of each stream, measured from the rendered signals.
 
-  Video: mean absolute second temporal difference of luminance, which peaks where a motion
+  Video: mean absolute second temporal difference of brightness, which peaks where a motion
   starts or stops abruptly or the brightness jumps (smooth drift contributes little).
   Audio: positive part of the frame-to-frame change of log energy, i.e. onset strength.
   Both are (T,) float32 aligned so that index k covers [k / fps, (k + 1) / fps).
   """
-  luma = clip.frames.astype(np.float32).mean(axis=-1)
+  # Channel sum as brightness; summing three strided views is ~10x faster than mean(axis=-1).
+  luma = clip.frames[..., 0].astype(np.float32)
+  luma += clip.frames[..., 1]
+  luma += clip.frames[..., 2]
   video = np.zeros(len(luma), np.float32)
   video[1:-1] = np.abs(luma[2:] - 2 * luma[1:-1] + luma[:-2]).mean(axis=(1, 2))
   samples_per_frame = audio_rate // fps
@@ -447,6 +455,12 @@ def offset_predictability(
   class grid). Single-stream predictors are linear classifiers on one window's envelope pooled
   into class-width bins; they should be at chance. The two-stream predictor picks the class
   whose lag maximises the correlation of the video and audio envelopes; it should be far above.
+
+  Where a window sits in its clip does depend on the offset (a +2 s audio window cannot start
+  before 2 s), so content that changes along the clip would leak the offset into one stream.
+  Even a perfect readout of the position gives only about 9.8 % accuracy with 10-s clips
+  (chance: 4.8 %), so leaks are small by nature and single-stream accuracy must be close to
+  chance, not merely well below the two-stream one.
 
   Args:
     envelopes: per clip, (video, audio) envelopes from `event_envelopes`.

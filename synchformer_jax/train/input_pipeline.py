@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import Any, Mapping
 
 import jax
@@ -51,13 +50,9 @@ def local_batch_size(config: ConfigDict) -> int:
 
 
 def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.FailureAccountingIterator:
-  stage = stage_transforms(config, cfg)
-
-  def example(record, rng):
-    return _model_inputs(transforms.build_train_example(
-        record['video'], rng, stage, offset_type=config.data.offset_type, prob_oos=config.data.prob_oos,
-        original_decoder=config.data.original_decoder, name=str(record.get('id'))), config.stage)
-
+  step = loader.TrainExample(stage_transforms(config, cfg), offset_type=config.data.offset_type,
+                             prob_oos=config.data.prob_oos, original_decoder=config.data.original_decoder)
+  example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
   options = loader.PipelineOptions(worker_count=config.data.workers, read_threads=config.data.read_threads,
                                    max_failure_rate=config.data.max_failure_rate)
   dataset = loader.train_dataset([loader.Component(source, example)], batch_size=local_batch_size(config),
@@ -67,17 +62,8 @@ def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.Failur
 
 def eval_batches(config: ConfigDict, cfg: ModelConfig, source):
   """One pass over the eval split (at most `data.eval_max_clips` clips): fixed offsets where the split has them."""
-  stage = stage_transforms(config, cfg)
-
-  def example(record, rng):
-    offset, vstart = float(record['offset_sec']), float(record['vstart_sec'])
-    fixed = config.stage == 'sync' and math.isfinite(offset)
-    built = transforms.build_test_example(
-        record['video'], stage, offset_sec=offset if fixed else None, vstart_sec=vstart if fixed else None,
-        rng=None if fixed or config.stage == 'avclip' else rng, original_decoder=config.data.original_decoder,
-        name=str(record.get('id')))
-    return _model_inputs(built, config.stage)
-
+  step = loader.EvalExample(stage_transforms(config, cfg), original_decoder=config.data.original_decoder)
+  example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
   limited = _Prefix(source, min(len(source), config.data.eval_max_clips))
   return loader.eval_dataset(limited, example, batch_size=config.batch_size // jax.process_count(), seed=config.seed)
 
