@@ -21,7 +21,7 @@ original draws from Python's ``random`` and torch; the distributions are the sam
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -100,22 +100,8 @@ STAGE_II = Stage(
   augment_per_segment=False,
   segment_audio_jitter_sec=0.0,
 )
-STAGE_III = Stage(
-  name='synchability',
-  n_segments=13,
-  step_seg=0.5,
-  temporal_crop='syncability',
-  video_layout='STCHW',
-  audio_layout='S1FT',
-  test_video_dtype=np.float16,
-  upscale_p=0.0,
-  color_jitter_p=0.0,
-  grayscale_p=0.0,
-  flip_p=0.5,
-  audio_aug_p=0.0,
-  augment_per_segment=False,
-  segment_audio_jitter_sec=0.0,
-)
+# Stage II's pipeline with 13 segments and the synchronizability temporal crop (§2.4).
+STAGE_III = replace(STAGE_II, name='synchability', n_segments=13, temporal_crop='syncability')
 
 
 @dataclass(frozen=True)
