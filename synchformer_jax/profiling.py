@@ -69,3 +69,21 @@ def stage2_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int
   result = time_compiled(forward, state, video, audio, repeats=repeats)
   result['peak_rss_gib'] = peak_rss_gib()
   return result
+
+
+# Dense bf16 peak FLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
+PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12,
+                   'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12}
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+  kind = (device or jax.devices()[0]).device_kind
+  return next((flops for name, flops in PEAK_BF16_FLOPS.items() if name in kind), None)
+
+
+def step_flops(jitted: Callable, *args) -> float | None:
+  """FLOPs of one call of a jitted function, from XLA's cost analysis of its lowering (no compile)."""
+  cost = jitted.lower(*args).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = (cost or {}).get('flops')
+  return float(flops) if flops else None

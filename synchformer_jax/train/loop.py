@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from synchformer_jax import checkpointing, pretrained, sharding
+from synchformer_jax import checkpointing, pretrained, profiling, sharding
 from synchformer_jax.data import loader
 from synchformer_jax.models.config import ModelConfig, config_for_size
 from synchformer_jax.train import evaluation, input_pipeline, trainer
@@ -115,6 +115,8 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
   accum = config.optim.grad_accum
   clips_per_step = config.batch_size
+  peak_flops = profiling.peak_flops_per_device()
+  flops_per_step = None
   preemption = _Preemption()
   progress = _ProgressBar(step, config.total_steps)
   metrics = {}
@@ -124,6 +126,8 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
       step_metrics = []
       for _ in range(accum):
         batch = loader.to_global_batch(next(train_iter), mesh, sharding.BATCH_AXES)
+        if peak_flops and flops_per_step is None:
+          flops_per_step = accum * profiling.step_flops(steps.train_step, state, batch)
         state, m = steps.train_step(state, batch)
         step_metrics.append(m)
       metrics = {k: float(np.mean([jax.device_get(m[k]) for m in step_metrics])) for k in step_metrics[0]}
@@ -133,6 +137,8 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
       step += 1
       elapsed = time.perf_counter() - start
       metrics.update(step_time_s=elapsed, clips_per_s=clips_per_step / elapsed)
+      if flops_per_step:
+        metrics['mfu'] = flops_per_step / elapsed / (peak_flops * jax.device_count())
       if step % config.log_every == 0 or step == config.total_steps:
         writer.write(step, metrics)
       progress.update(step, metrics)
@@ -175,8 +181,11 @@ class _ProgressBar:
 
   def update(self, step: int, metrics: dict[str, float]) -> None:
     self._bar.n = step
-    self._bar.set_postfix(loss=f'{metrics["loss"]:.4f}', step_s=f'{metrics["step_time_s"]:.2f}',
-                          clips_s=f'{metrics["clips_per_s"]:.1f}', refresh=False)
+    shown = {'loss': f'{metrics["loss"]:.4f}', 'step_s': f'{metrics["step_time_s"]:.2f}',
+             'clips_s': f'{metrics["clips_per_s"]:.1f}'}
+    if 'mfu' in metrics:
+      shown['mfu'] = f'{metrics["mfu"]:.1%}'
+    self._bar.set_postfix(shown, refresh=False)
     self._bar.refresh()
 
   def close(self) -> None:
