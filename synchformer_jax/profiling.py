@@ -87,3 +87,17 @@ def step_flops(jitted: Callable, *args) -> float | None:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = (cost or {}).get('flops')
   return float(flops) if flops else None
+
+
+def loader_throughput(batches, n_batches: int, batch_size: int) -> dict[str, Any]:
+  """Clips/s of an iterator of batches, after its first batch (worker start-up) is taken."""
+  iterator = iter(batches)
+  start = time.perf_counter()
+  next(iterator)
+  first_batch_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(n_batches):
+    next(iterator)
+  elapsed = time.perf_counter() - start
+  return {'first_batch_s': first_batch_s, 'clips_per_s': n_batches * batch_size / elapsed,
+          'peak_rss_gib': peak_rss_gib()}
