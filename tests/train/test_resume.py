@@ -19,8 +19,8 @@ from tests.conftest import REPO_ROOT
 TRAIN = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'), '--config', str(REPO_ROOT / 'configs' / 'sync.py')]
 
 
-def _overrides(data_dir: Path, total_steps: int = 6) -> list[str]:
-  return [f'--config.total_steps={total_steps}', '--config.batch_size=2', '--config.checkpoint_every=2',
+def _overrides(data_dir: Path) -> list[str]:
+  return ['--config.total_steps=6', '--config.batch_size=2', '--config.checkpoint_every=2',
           '--config.eval_every=1000', '--config.data.eval_max_clips=2', '--config.data.num_clips=6',
           f'--config.data.dir={data_dir}', '--config.keep_checkpoints=10']
 
@@ -51,39 +51,38 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_logs_the_same_losses(tmp_path, data_dir):
+def test_sigterm_and_sigkill_then_resume_log_the_losses_of_an_uninterrupted_run(tmp_path, data_dir):
+  """One run is preempted (SIGTERM: it saves and exits 0), resumed, killed (SIGKILL), and resumed again."""
   reference = tmp_path / 'reference'
   subprocess.run(TRAIN + ['--workdir', str(reference)] + _overrides(data_dir), check=True, capture_output=True,
                  timeout=900)
-  killed = tmp_path / 'killed'
-  proc = subprocess.Popen(TRAIN + ['--workdir', str(killed)] + _overrides(data_dir), stdout=subprocess.DEVNULL,
+  run = tmp_path / 'interrupted'
+
+  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(data_dir), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-  _wait_for_step(killed, proc, 5)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / 'model').exists()
-  subprocess.run(TRAIN + ['--workdir', str(killed)] + _overrides(data_dir), check=True, capture_output=True, timeout=900)
-  expected, resumed = _step_losses(reference), _step_losses(killed)
-  assert sorted(expected) == list(range(1, 7))
-  assert resumed == expected
-  assert (killed / 'model' / 'synchformer_jax.json').exists()
-
-
-@pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path, data_dir):
-  workdir = tmp_path / 'run'
-  proc = subprocess.Popen(TRAIN + ['--workdir', str(workdir)] + _overrides(data_dir, total_steps=50),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  _wait_for_step(workdir, proc, 1)
+  _wait_for_step(run, proc, 1)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
-  stopped_at = max(_step_losses(workdir))
-  assert stopped_at < 50
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps[-1] == stopped_at  # saved at the step it stopped, not only at checkpoint_every
-  subprocess.run(TRAIN + ['--workdir', str(workdir)] + _overrides(data_dir, total_steps=stopped_at + 1), check=True,
-                 capture_output=True, timeout=900)
-  assert sorted(_step_losses(workdir)) == list(range(1, stopped_at + 2))
+  stopped_at = max(_step_losses(run))
+  assert stopped_at < 6
+  assert _checkpoint_steps(run)[-1] == stopped_at  # saved where it stopped, not only every checkpoint_every
+
+  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(data_dir), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for_step(run, proc, max(stopped_at + 2, 5))
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (run / 'model').exists()
+
+  subprocess.run(TRAIN + ['--workdir', str(run)] + _overrides(data_dir), check=True, capture_output=True, timeout=900)
+  expected = _step_losses(reference)
+  assert sorted(expected) == list(range(1, 7))
+  assert _step_losses(run) == expected
+  assert (run / 'model' / 'synchformer_jax.json').exists()
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
