@@ -45,11 +45,6 @@ class Trainer:
   def merge(self, state) -> tuple[nnx.Module, nnx.Optimizer]:
     return nnx.merge(self.graphdef, state)
 
-  def model_state(self, state) -> Any:
-    """The model's variables out of the train state (for export / evaluation)."""
-    model, _ = self.merge(state)
-    return nnx.state(model)
-
 
 def _set_modes(model: nnx.Module, kind: str) -> None:
   model.train()

@@ -1,0 +1,43 @@
+"""Evaluation metrics against hand-computed values."""
+import numpy as np
+import pytest
+
+from synchformer_jax.train import metrics
+
+
+def test_offset_metrics_top1_top5_and_tolerance():
+  logits = np.full((4, 21), -10.0)
+  targets = np.array([3, 10, 20, 0])
+  for row, predicted in enumerate([3, 11, 18, 0]):  # right, off by one, off by two, right
+    logits[row, predicted] = 5.0
+  logits[2, 20] = 4.0  # the target is second for row 2: inside top-5
+  m = metrics.offset_metrics(logits, targets)
+  assert m['accuracy_1'] == 0.5 and m['accuracy_1_tol1'] == 0.75 and m['accuracy_5'] == 0.75
+  assert m['accuracy_1_median'] == pytest.approx(np.median([1.0, 0.0, 0.0, 1.0]))
+
+
+def test_roc_auc_with_ties_and_one_class():
+  assert metrics.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+  assert metrics.roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+  assert np.isnan(metrics.roc_auc(np.array([0.2, 0.3]), np.array([1, 1])))
+
+
+def test_synchronizability_metrics_use_p_sync_of_class_1():
+  logits = np.log(np.array([[0.2, 0.8], [0.9, 0.1], [0.4, 0.6], [0.7, 0.3]]))
+  m = metrics.synchronizability_metrics(logits, np.array([1, 0, 0, 1]))
+  assert m['accuracy'] == 0.5 and m['roc_auc'] == 0.75  # positives 0.8, 0.3 vs negatives 0.1, 0.6
+
+
+def test_shifted_window_precision_is_1_for_matching_streams_and_low_for_shuffled():
+  rng = np.random.default_rng(0)
+  feats = rng.standard_normal((3, 14, 16))
+  feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+  assert metrics.shifted_window_precision(feats, feats)['precision'] == 1.0
+  shuffled = metrics.shifted_window_precision(feats, feats[:, ::-1])
+  assert shuffled['precision'] < 0.5
+  assert metrics.segment_retrieval(feats, feats) == {'v2a_recall_1': 1.0, 'a2v_recall_1': 1.0}
+
+
+def test_confusion_matrix_counts_target_rows_and_prediction_columns():
+  m = metrics.confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
+  assert m.tolist() == [[1, 1], [0, 1]]
