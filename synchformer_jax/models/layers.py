@@ -56,9 +56,17 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, dropout: n
     if implementation == 'cudnn' and q.dtype == jnp.float32:
       implementation = None  # cuDNN flash attention takes half precision only
     return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+  return weighted_values(dropout(attention_weights(q, k, scale=scale)), v)
+
+
+def attention_weights(q: jax.Array, k: jax.Array, *, scale: float) -> jax.Array:
+  """Softmax attention weights (batch, heads, queries, keys) in float32."""
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
-  probs = dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
+  return jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
 
 
 class DropPath(nnx.Module):
@@ -103,6 +111,10 @@ class MultiHeadAttention(nnx.Module):
     self.proj = dense(dim, dim, ('qkv', 'embed'), dtype=dtype, rngs=rngs, kernel_init=kernel_init)
     self.attn_dropout = nnx.Dropout(attn_dropout, rngs=rngs)
     self.resid_dropout = nnx.Dropout(resid_dropout, rngs=rngs)
+    # Opt-in (attribution): compute the weights explicitly and sow them as `nnx.Intermediate`
+    # 'attention_weights' (read them with `nnx.capture`). A Python flag read when tracing, so the default
+    # fused path is unchanged.
+    self.sow_attention = False
 
   def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(..., L, D) → three (..., L, heads, head_dim) tensors."""
@@ -115,6 +127,10 @@ class MultiHeadAttention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     q, k, v = self.project_qkv(x)
+    if self.sow_attention:
+      weights = attention_weights(q, k, scale=self.scale)
+      self.sow(nnx.Intermediate, 'attention_weights', weights)
+      return self.merge_heads(weighted_values(self.attn_dropout(weights), v))
     out = attend(q, k, v, scale=self.scale, dropout=self.attn_dropout, implementation=self.attention_impl)
     return self.merge_heads(out)
 
