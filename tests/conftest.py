@@ -13,14 +13,16 @@ def in_ci() -> bool:
   return os.environ.get('CI', '').lower() == 'true'
 
 
+def missing(message: str):
+  """A test's prerequisite is absent: skip locally, fail in CI (CI=true), where nothing may be skipped."""
+  pytest.fail(message) if in_ci() else pytest.skip(message)  # CI: fail
+
+
 def require_fixture(path: Path, what: str) -> Path:
-  """Returns `path`; skips the test when it is missing locally, fails it in CI (CI=true)."""
+  """Returns `path`, or reports it missing."""
   path = Path(path)
   if not path.exists():
-    message = f'missing test fixture: {what} at {path}'
-    if in_ci():
-      pytest.fail(message)
-    pytest.skip(message)
+    missing(f'missing test fixture: {what} at {path}')
   return path
 
 
@@ -35,9 +37,7 @@ def require_optional(module: str, extra: str):
   try:
     return importlib.import_module(module)
   except ImportError:
-    if in_ci():
-      pytest.fail(f"{module} is not installed (CI installs '.[{extra}]')")
-    pytest.skip(f"{module} is not installed (pip install -e '.[{extra}]')")
+    missing(f"{module} is not installed (pip install -e '.[{extra}]'; CI installs it)")
 
 
 def require_torch():
