@@ -6,7 +6,7 @@ Source kinds, detected from the file's layout and key names:
 | --- | --- | --- |
 | `sync` / `synchability` | Stage II training checkpoint, weights under `'model'` | that model |
 | `avclip` | Stage I checkpoint, weights under `'state_dict'` (keys with or without `module.`) | AVCLIP |
-| `bare` | a bare Stage II/III or Stage I state dict (e.g. MMAudio's `synchformer_state_dict.pth`) | that model |
+| (any of the above) | a bare state dict without the wrapping dict (e.g. MMAudio's `synchformer_state_dict.pth`) | that model |
 | `hf_ast` | HF `ASTForAudioClassification` (`.bin` / `.safetensors`) | the AST tower |
 | `motionformer` | Motionformer SSv2 release (`.pyth`, weights under `'model_state'`) | the Motionformer tower |
 

@@ -8,7 +8,6 @@ dicts and lists. Safetensors files are read with no torch at all.
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import types
@@ -156,6 +155,3 @@ def save_torch_file(obj: Any, path: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
 
-
-def is_torch_zip(data: bytes) -> bool:
-  return data[:2] == b'PK' and zipfile.is_zipfile(io.BytesIO(data))

@@ -1,5 +1,4 @@
 """Flax NNX models. They know nothing of data loading or training."""
-import jax
 from flax import nnx
 
 from synchformer_jax.models.ast import AST
@@ -7,7 +6,7 @@ from synchformer_jax.models.avclip import AVCLIP
 from synchformer_jax.models.config import (MODEL_KINDS, SIZES, AudioTowerConfig, ModelConfig, SyncTransformerConfig,
                                            VideoTowerConfig, config_for_size, config_from_size_params)
 from synchformer_jax.models.motionformer import Motionformer
-from synchformer_jax.models.synchformer import Synchformer, classification_loss
+from synchformer_jax.models.synchformer import Synchformer, audio_tower, classification_loss, video_tower
 
 TOWERS = ('motionformer', 'ast')
 
@@ -21,11 +20,9 @@ def build_model(cfg: ModelConfig, seed: int = 0, *, tower: str | None = None) ->
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
   with nnx.use_eager_sharding(False):
     if tower == 'motionformer':
-      return Motionformer(cfg.video, remat=cfg.remat, attention_impl=cfg.attention_impl,
-                          dtype=jax.numpy.dtype(cfg.dtype), rngs=rngs)
+      return video_tower(cfg, rngs)
     if tower == 'ast':
-      return AST(cfg.audio, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=jax.numpy.dtype(cfg.dtype),
-                 rngs=rngs)
+      return audio_tower(cfg, rngs)
     if tower is not None:
       raise ValueError(f'tower: expected one of {TOWERS} or None, got {tower!r}')
     return AVCLIP(cfg, rngs=rngs) if cfg.kind == 'avclip' else Synchformer(cfg, rngs=rngs)

@@ -12,10 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from synchformer_jax.models.ast import AST
 from synchformer_jax.models.config import ModelConfig
-from synchformer_jax.models.motionformer import Motionformer
-from synchformer_jax.models.synchformer import compute_dtype
+from synchformer_jax.models.synchformer import audio_tower, video_tower
 
 # The original clamps its temperature into this range at the start of every training step.
 LOGIT_SCALE_RANGE = (0.001, 0.5)
@@ -46,10 +44,8 @@ class AVCLIP(nnx.Module):
     if cfg.kind != 'avclip':
       raise ValueError(f"AVCLIP: config kind must be 'avclip', got {cfg.kind!r}")
     self.cfg = cfg
-    dtype = compute_dtype(cfg)
-    self.v_encoder = Motionformer(cfg.video, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=dtype,
-                                  rngs=rngs)
-    self.a_encoder = AST(cfg.audio, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=dtype, rngs=rngs)
+    self.v_encoder = video_tower(cfg, rngs)
+    self.a_encoder = audio_tower(cfg, rngs)
     # Despite the original's name this is a temperature (similarities are divided by it), not a log-scale.
     self.logit_scale = nnx.Param(jnp.asarray(LOGIT_SCALE_INIT, jnp.float32))
 

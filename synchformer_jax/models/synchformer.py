@@ -23,6 +23,15 @@ def compute_dtype(cfg: ModelConfig):
   return jnp.dtype(cfg.dtype)
 
 
+def video_tower(cfg: ModelConfig, rngs: nnx.Rngs) -> Motionformer:
+  return Motionformer(cfg.video, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=compute_dtype(cfg),
+                      rngs=rngs)
+
+
+def audio_tower(cfg: ModelConfig, rngs: nnx.Rngs) -> AST:
+  return AST(cfg.audio, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=compute_dtype(cfg), rngs=rngs)
+
+
 class GlobalTransformer(nnx.Module):
   """minGPT-style encoder (no causal mask) over the concatenated segment tokens."""
 
@@ -73,10 +82,8 @@ class Synchformer(nnx.Module):
     self.cfg = cfg
     dtype = compute_dtype(cfg)
     t = cfg.transformer
-    self.vfeat_extractor = Motionformer(cfg.video, remat=cfg.remat, attention_impl=cfg.attention_impl,
-                                        dtype=dtype, rngs=rngs)
-    self.afeat_extractor = AST(cfg.audio, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=dtype,
-                               rngs=rngs)
+    self.vfeat_extractor = video_tower(cfg, rngs)
+    self.afeat_extractor = audio_tower(cfg, rngs)
     # torch's default Linear init: U(±1/sqrt(fan_in)) for weight and bias.
     torch_linear = nnx.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
     self.vproj = dense(cfg.video.dim, t.dim, (None, 'embed'), dtype=dtype, rngs=rngs, kernel_init=torch_linear)
