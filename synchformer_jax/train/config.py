@@ -52,6 +52,9 @@ def base_config(stage: str) -> ConfigDict:
   c.data.offset_type = 'grid'
   c.data.prob_oos = 0.5
   c.data.original_decoder = False
+  # Stage II / III: > 0 runs the frozen towers once, over this many windows per training clip (no random
+  # augmentation), and trains on the stored features (train/features.py); 0 runs them on every step.
+  c.data.precomputed_windows = 0
   c.data.workers = 0  # grain worker processes; 0 decodes in the training process
   c.data.read_threads = 2
   c.data.max_failure_rate = 0.01
@@ -92,6 +95,8 @@ def validate(c: ConfigDict, num_devices: int) -> None:
   _check(c.data.offset_type in OFFSET_TYPES, 'data.offset_type', f'one of {OFFSET_TYPES}', c.data.offset_type)
   _check(0.0 <= c.data.prob_oos <= 1.0, 'data.prob_oos', 'a probability', c.data.prob_oos)
   _check(0.0 <= c.data.max_failure_rate < 1.0, 'data.max_failure_rate', 'a rate in [0, 1)', c.data.max_failure_rate)
+  _check(isinstance(c.data.precomputed_windows, int) and c.data.precomputed_windows >= 0,
+         'data.precomputed_windows', 'a non-negative integer', c.data.precomputed_windows)
   _check(isinstance(c.data.workers, int) and c.data.workers >= 0, 'data.workers', 'a non-negative integer',
          c.data.workers)
   _check(c.optim.name in OPTIMIZERS, 'optim.name', f'one of {OPTIMIZERS}', c.optim.name)

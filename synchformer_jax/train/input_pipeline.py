@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from etils import epath
+from flax import serialization
 from ml_collections import ConfigDict
 
 from synchformer_jax.data import builders, loader, transforms
@@ -49,10 +50,30 @@ def local_batch_size(config: ConfigDict) -> int:
   return config.batch_size // jax.process_count() // config.optim.grad_accum
 
 
+def encode_feature_record(record: Mapping[str, np.ndarray]) -> bytes:
+  """A precomputed-features record ({vfeat, afeat, targets}) as bytes (msgpack: no code on reading)."""
+  return serialization.msgpack_serialize({k: np.asarray(v) for k, v in record.items()})
+
+
+def decode_feature_record(data: bytes, rng=None) -> dict[str, np.ndarray]:
+  """The inverse of `encode_feature_record`; `rng` is unused (a per-record step's signature)."""
+  del rng
+  return dict(serialization.msgpack_restore(data))
+
+
+def uses_features(config: ConfigDict) -> bool:
+  """Whether Stage II / III trains on precomputed tower features (see `train.features`)."""
+  return config.stage != 'avclip' and config.data.precomputed_windows > 0
+
+
 def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.FailureAccountingIterator:
-  step = loader.TrainExample(stage_transforms(config, cfg), offset_type=config.data.offset_type,
-                             prob_oos=config.data.prob_oos, original_decoder=config.data.original_decoder)
-  example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
+  """Training batches: clips decoded and augmented on the fly, or the records of precomputed features."""
+  if uses_features(config):
+    example = decode_feature_record
+  else:
+    step = loader.TrainExample(stage_transforms(config, cfg), offset_type=config.data.offset_type,
+                               prob_oos=config.data.prob_oos, original_decoder=config.data.original_decoder)
+    example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
   options = loader.PipelineOptions(worker_count=config.data.workers, read_threads=config.data.read_threads,
                                    max_failure_rate=config.data.max_failure_rate)
   dataset = loader.train_dataset([loader.Component(source, example)], batch_size=local_batch_size(config),
@@ -62,10 +83,29 @@ def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.Failur
 
 def eval_batches(config: ConfigDict, cfg: ModelConfig, source):
   """One pass over the eval split (at most `data.eval_max_clips` clips): fixed offsets where the split has them."""
-  step = loader.EvalExample(stage_transforms(config, cfg), original_decoder=config.data.original_decoder)
+  if uses_features(config):  # the records are the eval windows already
+    return loader.eval_dataset(source, decode_feature_record, batch_size=config.batch_size // jax.process_count(),
+                               seed=config.seed)
+  return _clip_windows(config, cfg, _Prefix(source, min(len(source), config.data.eval_max_clips)),
+                       fixed_offsets=True)
+
+
+def _clip_windows(config: ConfigDict, cfg: ModelConfig, source, fixed_offsets: bool):
+  """Test-time windows of the clips in `source` (no augmentation), as padded eval batches."""
+  step = loader.EvalExample(stage_transforms(config, cfg), fixed_offsets=fixed_offsets,
+                            original_decoder=config.data.original_decoder)
   example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
-  limited = _Prefix(source, min(len(source), config.data.eval_max_clips))
-  return loader.eval_dataset(limited, example, batch_size=config.batch_size // jax.process_count(), seed=config.seed)
+  return loader.eval_dataset(source, example, batch_size=config.batch_size // jax.process_count(), seed=config.seed)
+
+
+def feature_windows(config: ConfigDict, cfg: ModelConfig, sources: Mapping[str, Any]) -> dict[str, Any]:
+  """The windows whose tower features are precomputed: `data.precomputed_windows` per training clip, each at
+  an offset and start drawn for it, and the eval windows of `eval_batches`."""
+  repeated = _Repeated(sources['train'], config.data.precomputed_windows)
+  return {'train': _clip_windows(config, cfg, repeated, fixed_offsets=False),
+          'eval': _clip_windows(config, cfg, _Prefix(sources['eval'], min(len(sources['eval']),
+                                                                          config.data.eval_max_clips)),
+                                fixed_offsets=True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,3 +121,18 @@ class _Prefix:
     if not 0 <= index < self.n:
       raise IndexError(index)
     return self.source[index]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Repeated:
+  """A source listing every record `times` times; each copy gets a record RNG of its own, so another window."""
+  source: Any
+  times: int
+
+  def __len__(self) -> int:
+    return len(self.source) * self.times
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < len(self):
+      raise IndexError(index)
+    return self.source[index % len(self.source)]

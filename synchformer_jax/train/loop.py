@@ -22,7 +22,7 @@ from ml_collections import ConfigDict
 from synchformer_jax import checkpointing, pretrained, profiling, sharding
 from synchformer_jax.data import loader
 from synchformer_jax.models.config import ModelConfig, config_for_size
-from synchformer_jax.train import evaluation, input_pipeline, trainer
+from synchformer_jax.train import evaluation, features, input_pipeline, trainer
 from synchformer_jax.train.config import validate
 from synchformer_jax.train.metrics import MetricWriter
 
@@ -96,6 +96,8 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
   graphdef, state, state_shardings = trainer.create_state(cfg, config.optim, config.total_steps, mesh, config.seed,
                                                           _initialiser(config, cfg))
   steps = trainer.make_trainer(cfg, mesh, graphdef, state_shardings)
+  if input_pipeline.uses_features(config):
+    sources = features.prepare(config, cfg, steps, state, sources, mesh, workdir)
   train_iter = input_pipeline.train_batches(config, cfg, sources['train'])
   checkpointer = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
   writer = MetricWriter(workdir)
