@@ -1,53 +1,62 @@
-"""Benchmarks: prints (and with --out writes) a JSON result for a BENCHMARKS.md row.
+"""Benchmarks: prints (and with --out writes) a JSON result and a BENCHMARKS.md table row.
 
-  python scripts/benchmark.py stage2-forward --size full --batch 1 --dtype float32
+  python scripts/benchmark.py stage2-forward --size full --batch 1 --dtype float32   # one 4.8 s window
+  python scripts/benchmark.py train-step --stage avclip --size full --batch 1 --remat
+  python scripts/benchmark.py flops --stage sync --size full            # analytic vs XLA, no timing
   python scripts/benchmark.py loader --stage sync --workers 2 --batch 8 --data_dir data/generated
 
-Runs on whatever JAX finds (CPU here); the row names the command, machine and versions.
+Runs on whatever JAX finds (CPU here); the row names the command, machine, versions and load average.
+`--onednn-dots` opts in to oneDNN matmuls on CPU (synchformer_jax/cpu.py says when that is safe).
 """
 import argparse
 import json
 import shlex
 import sys
 
-from synchformer_jax import profiling
-from synchformer_jax.models.config import SIZES, config_for_size
-from synchformer_jax.train import input_pipeline
-from synchformer_jax.train.config import base_config as get_train_config
+from synchformer_jax import cpu
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('benchmark', choices=['stage2-forward', 'loader'])
-  parser.add_argument('--size', choices=SIZES, default='full')
+  parser.add_argument('benchmark', choices=['stage2-forward', 'train-step', 'flops', 'loader'])
+  parser.add_argument('--stage', choices=['avclip', 'sync', 'synchability'], default='sync')
+  parser.add_argument('--size', choices=['tiny', 'small', 'full'], default='full')
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  parser.add_argument('--remat', action='store_true', help='train-step: rematerialise every block')
+  parser.add_argument('--remat_policy', default='nothing_saveable', help='train-step: with --remat')
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--stage', choices=['avclip', 'sync', 'synchability'], default='sync', help='loader: pipeline')
+  parser.add_argument('--warmup', type=int, default=1, help='train-step: untimed steps first (0 for long steps)')
+  parser.add_argument('--onednn-dots', action='store_true', help='CPU: oneDNN for the matmuls (see cpu.py)')
   parser.add_argument('--workers', type=int, default=0, help='loader: grain worker processes')
   parser.add_argument('--batches', type=int, default=10, help='loader: batches to time')
   parser.add_argument('--data_dir', default='data/generated', help='loader: where synthetic_sync is (built if absent)')
   parser.add_argument('--out', help='write the JSON result here as well')
   args = parser.parse_args(argv)
+  if args.onednn_dots:
+    cpu.use_onednn_dots()  # before anything initialises JAX's backends
 
+  from synchformer_jax import profiling  # imports JAX
+  from synchformer_jax.models.config import config_for_size
+  stage = 'sync' if args.benchmark == 'stage2-forward' and args.stage == 'avclip' else args.stage
+  cfg = config_for_size(stage, args.size, dtype=args.dtype, remat=args.remat, remat_policy=args.remat_policy)
+  setting = {'stage': stage, 'size': args.size, 'batch': args.batch, 'dtype': args.dtype}
   if args.benchmark == 'stage2-forward':
-    cfg = config_for_size('sync', args.size, dtype=args.dtype)
-    measured = {'size': args.size, 'batch': args.batch, 'dtype': args.dtype, 'segments': cfg.transformer.n_segments,
+    measured = {**setting, 'segments': cfg.transformer.n_segments,
                 **profiling.stage2_forward(cfg, args.batch, args.repeats)}
+  elif args.benchmark == 'train-step':
+    measured = {**setting, 'remat': args.remat and args.remat_policy,
+                **profiling.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}
+  elif args.benchmark == 'flops':
+    measured = {**setting, **profiling.forward_flops_check(cfg, args.batch)}
   else:
-    config = get_train_config(args.stage)
-    config.update(batch_size=args.batch)
-    config.model.size = args.size
-    config.data.update(dir=args.data_dir, workers=args.workers)
-    cfg = config_for_size(args.stage, args.size)
-    sources = input_pipeline.open_sources(config)
-    measured = {'stage': args.stage, 'size': args.size, 'batch': args.batch, 'workers': args.workers,
-                **profiling.loader_throughput(input_pipeline.train_batches(config, cfg, sources['train']),
-                                              args.batches, args.batch)}
-  result = {'benchmark': args.benchmark, **measured, 'machine': profiling.machine_description(),
-            'command': 'python scripts/benchmark.py ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}
+    measured = {**setting, 'workers': args.workers,
+                **profiling.loader_benchmark(stage, args.size, args.batch, args.workers, args.batches, args.data_dir)}
+  command = 'python scripts/benchmark.py ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+  result = {'benchmark': args.benchmark, **measured, 'machine': profiling.machine_description(), 'command': command}
   text = json.dumps(result, indent=1)
   print(text)
+  print(profiling.markdown_row(result))
   if args.out:
     with open(args.out, 'w') as f:
       f.write(text + '\n')

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import synchformer_jax
 from synchformer_jax.models import build_model, config_for_size
 from synchformer_jax.models.avclip import LOGIT_SCALE_RANGE
-from synchformer_jax.models.config import ModelConfig, VideoTowerConfig
-from synchformer_jax.models.layers import Buffer
+from synchformer_jax.models.config import REMAT_POLICY_NAMES, ModelConfig, VideoTowerConfig
+from synchformer_jax.models.layers import Buffer, MultiHeadAttention
 from synchformer_jax.models.motionformer import _torch_bicubic_matrix
 from tests.conftest import require_torch
+from tests.parity.test_models_vs_reference import case_params, convert_case, run_model
 
 
 def _n_stored(model) -> int:
@@ -81,9 +83,10 @@ def test_bf16_compute_keeps_float32_params_and_the_argmax():
   np.testing.assert_array_equal(jnp.argmax(logits32, -1), jnp.argmax(logits16, -1))
 
 
-def test_remat_gives_the_same_gradients():
+@pytest.mark.parametrize('policy', REMAT_POLICY_NAMES)
+def test_remat_gives_the_same_gradients(policy):
   cfg = config_for_size('sync', 'tiny')
-  plain, remat = build_model(cfg), build_model(cfg.replace(remat=True))
+  plain, remat = build_model(cfg), build_model(cfg.replace(remat=True, remat_policy=policy))
   nnx.update(remat, nnx.state(plain))
   video, audio = _inputs(cfg)
   targets = jnp.array([3, 17])
@@ -96,6 +99,13 @@ def test_remat_gives_the_same_gradients():
   g_plain, g_remat = grads(plain), grads(remat)
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('kind', ['sync', 'avclip'])
+def test_attention_impl_reaches_every_attention(kind):
+  model = build_model(config_for_size(kind, 'tiny', attention_impl='cudnn'))
+  attentions = [m for _, m in nnx.iter_modules(model) if isinstance(m, MultiHeadAttention)]
+  assert attentions and {a.attention_impl for a in attentions} == {'cudnn'}
 
 
 def test_logit_scale_clamp():
@@ -133,5 +143,27 @@ def test_invalid_configs_name_the_field():
     ModelConfig(dtype='float16')
   with pytest.raises(ValueError, match="ModelConfig.audio: unknown fields \\['depthh'\\]"):
     ModelConfig.from_dict({'audio': {'depthh': 3}})
+  with pytest.raises(ValueError, match='ModelConfig.remat_policy'):
+    ModelConfig(remat_policy='everything')
   with pytest.raises(ValueError, match='model size'):
     config_for_size('sync', 'huge')
+
+
+# What a parity case's model is judged on: Stage II logits, Stage I segment similarities.
+_SCORES = {'sync': 'logits', 'synchability': 'logits', 'avclip': 'segment_sim_v2a'}
+
+
+@pytest.mark.parametrize('case_dir', case_params())
+def test_bf16_keeps_the_argmax_of_float32_on_the_parity_cases(case_dir, tmp_path):
+  """bf16 compute against float32 on the parity cases' weights and inputs; `pytest -s` prints the worst
+  difference (BENCHMARKS.md quotes the full-size ones)."""
+  case, make_weights, model_dir = convert_case(case_dir, tmp_path)
+  kind, name = case['kind'], _SCORES[case['kind']]
+  inputs = make_weights.case_inputs(str(case_dir))
+  fp32 = run_model(synchformer_jax.load(model_dir), kind, inputs, None)[name]
+  bf16 = run_model(synchformer_jax.load(model_dir, dtype='bfloat16'), kind, inputs, None)[name]
+  worst = float(np.abs(bf16 - fp32).max())
+  print(f'{case_dir.name}: bf16 vs float32 {name}: worst |diff| {worst:.3e}, max |float32| '
+        f'{float(np.abs(fp32).max()):.3e}')
+  np.testing.assert_array_equal(bf16.argmax(-1), fp32.argmax(-1))
+  assert worst < 0.05 * max(1.0, float(np.abs(fp32).max()))

@@ -17,7 +17,7 @@ from synchformer_jax.models.layers import ClsAggregator, PreNormBlock, layer_nor
 class AST(nnx.Module):
   """Audio segment feature extractor: (N, T=66, F=128) → (N, 6, D)."""
 
-  def __init__(self, cfg: AudioTowerConfig, *, remat: bool = False, attention_impl: str | None = None,
+  def __init__(self, cfg: AudioTowerConfig, *, remat: str | None = None, attention_impl: str | None = None,
                dtype=jnp.float32, rngs: nnx.Rngs):
     self.cfg = cfg
     self.remat = remat

@@ -14,6 +14,8 @@ MODEL_KINDS = ('sync', 'synchability', 'avclip')
 # Stage II predicts one of 21 offsets on a 0.2 s grid over [-2, 2] s; the fine-tune predicts in/out of sync.
 NUM_OFFSET_CLASSES = 21
 NUM_SYNCHABILITY_CLASSES = 2
+# Rematerialisation policies: names in `jax.checkpoint_policies` (this module imports no JAX).
+REMAT_POLICY_NAMES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +88,18 @@ class ModelConfig:
   transformer: SyncTransformerConfig = SyncTransformerConfig()
   # Compute dtype of matmuls/convolutions; parameters stay float32.
   dtype: str = 'float32'
-  # Rematerialise every transformer block in the backward pass.
+  # Rematerialise every transformer block in the backward pass, keeping what `remat_policy` names
+  # (a key of `layers.REMAT_POLICIES`).
   remat: bool = False
+  remat_policy: str = 'nothing_saveable'
   # None lets JAX choose; 'cudnn' forces the fused flash kernel on NVIDIA GPUs.
   attention_impl: str | None = None
 
   def __post_init__(self):
     if self.kind not in MODEL_KINDS:
       raise ValueError(f'ModelConfig.kind: expected one of {MODEL_KINDS}, got {self.kind!r}')
+    if self.remat_policy not in REMAT_POLICY_NAMES:
+      raise ValueError(f'ModelConfig.remat_policy: expected one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}')
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"ModelConfig.dtype: expected 'float32' or 'bfloat16', got {self.dtype!r}")
     for name, tower in (('video', self.video), ('audio', self.audio), ('transformer', self.transformer)):

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from synchformer_jax.models.config import REMAT_POLICY_NAMES
+
 Initializer = Callable[..., jax.Array]
 trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02)
 normal_02 = nnx.initializers.normal(stddev=0.02)
@@ -175,9 +177,17 @@ class ClsAggregator(nnx.Module):
     return self.layer(jnp.concatenate([cls, x], axis=1))[:, 0]
 
 
-def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, remat: bool) -> jax.Array:
-  """Applies blocks in order, optionally rematerialising each one in the backward pass."""
-  apply = nnx.remat(lambda block, h: block(h)) if remat else (lambda block, h: block(h))
+# What a rematerialised block keeps from its forward pass for the backward pass (`ModelConfig.remat_policy`
+# names one): nothing (least memory, one extra forward), or the outputs of its matmuls (none recomputed).
+REMAT_POLICIES = {name: getattr(jax.checkpoint_policies, name) for name in REMAT_POLICY_NAMES}
+
+
+def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, remat: str | None) -> jax.Array:
+  """Applies blocks in order; with `remat` (a `REMAT_POLICIES` name) each is rematerialised in the backward pass."""
+  if remat is None:
+    apply = lambda block, h: block(h)
+  else:
+    apply = nnx.remat(lambda block, h: block(h), policy=REMAT_POLICIES[remat])
   for block in blocks:
     x = apply(block, x)
   return x

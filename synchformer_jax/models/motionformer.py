@@ -68,10 +68,20 @@ class DividedAttention(MultiHeadAttention):
   Patch queries see their group's keys plus the CLS key; the CLS query sees every key.
   """
 
+  def cls_attention(self, q_cls: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """The CLS query (N, 1, H, Dh) over all keys (N, L, H, Dh), as multiply-reduce on the projection's layout.
+
+    A single query is a matrix-vector product: as a dot, XLA-CPU first copies K and V to a
+    (N, H, Dh, L) layout, which costs more than the product itself.
+    """
+    logits = (q_cls * k).sum(-1, dtype=jnp.float32) * self.scale  # (N, L, H)
+    weights = jax.nn.softmax(logits, axis=1).astype(v.dtype)
+    return (weights[..., None] * v).sum(1, keepdims=True, dtype=jnp.float32).astype(v.dtype)
+
   def __call__(self, x: jax.Array, *, over: str, time_tokens: int) -> jax.Array:
     n = x.shape[0]
     q, k, v = self.project_qkv(x)  # (N, 1 + T·P, H, Dh)
-    cls_out = attend(q[:, :1], k, v, scale=self.scale, implementation=self.attention_impl)
+    cls_out = self.cls_attention(q[:, :1], k, v)
     tokens, groups = 'n (t p) h d', _GROUPS[over]
     q_g, k_g, v_g = (einops.rearrange(a[:, 1:], f'{tokens} -> {groups}', t=time_tokens) for a in (q, k, v))
     per_clip = q_g.shape[0] // n
@@ -105,7 +115,7 @@ class DividedSpaceTimeBlock(nnx.Module):
 class Motionformer(nnx.Module):
   """Video segment feature extractor: (N, 3, 16, H, W) → (N, 8, D) frame-pair tokens."""
 
-  def __init__(self, cfg: VideoTowerConfig, *, remat: bool = False, attention_impl: str | None = None,
+  def __init__(self, cfg: VideoTowerConfig, *, remat: str | None = None, attention_impl: str | None = None,
                dtype=jnp.float32, rngs: nnx.Rngs):
     self.cfg = cfg
     self.remat = remat

@@ -23,20 +23,26 @@ def compute_dtype(cfg: ModelConfig):
   return jnp.dtype(cfg.dtype)
 
 
+def remat_policy(cfg: ModelConfig) -> str | None:
+  """The blocks' rematerialisation policy, or None without remat."""
+  return cfg.remat_policy if cfg.remat else None
+
+
 def video_tower(cfg: ModelConfig, rngs: nnx.Rngs) -> Motionformer:
-  return Motionformer(cfg.video, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=compute_dtype(cfg),
-                      rngs=rngs)
+  return Motionformer(cfg.video, remat=remat_policy(cfg), attention_impl=cfg.attention_impl,
+                      dtype=compute_dtype(cfg), rngs=rngs)
 
 
 def audio_tower(cfg: ModelConfig, rngs: nnx.Rngs) -> AST:
-  return AST(cfg.audio, remat=cfg.remat, attention_impl=cfg.attention_impl, dtype=compute_dtype(cfg), rngs=rngs)
+  return AST(cfg.audio, remat=remat_policy(cfg), attention_impl=cfg.attention_impl, dtype=compute_dtype(cfg),
+             rngs=rngs)
 
 
 class GlobalTransformer(nnx.Module):
   """minGPT-style encoder (no causal mask) over the concatenated segment tokens."""
 
   def __init__(self, cfg: SyncTransformerConfig, num_positions: int, num_classes: int, head_name: str, *,
-               remat: bool, attention_impl: str | None, dtype, rngs: nnx.Rngs):
+               remat: str | None, attention_impl: str | None, dtype, rngs: nnx.Rngs):
     self.remat = remat
     self.head_name = head_name
     self.vis_in_lnorm = layer_norm(cfg.dim, cfg.eps, rngs=rngs)
@@ -89,7 +95,7 @@ class Synchformer(nnx.Module):
     self.vproj = dense(cfg.video.dim, t.dim, (None, 'embed'), dtype=dtype, rngs=rngs, kernel_init=torch_linear)
     self.aproj = dense(cfg.audio.dim, t.dim, (None, 'embed'), dtype=dtype, rngs=rngs, kernel_init=torch_linear)
     head = 'sync_head' if cfg.kind == 'synchability' else 'off_head'
-    self.transformer = GlobalTransformer(t, cfg.num_positions, cfg.num_classes, head, remat=cfg.remat,
+    self.transformer = GlobalTransformer(t, cfg.num_positions, cfg.num_classes, head, remat=remat_policy(cfg),
                                          attention_impl=cfg.attention_impl, dtype=dtype, rngs=rngs)
 
   def extract_features(self, video: jax.Array, audio: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -26,7 +26,7 @@ PARITY_DIR = Path(os.environ.get('SYNCHFORMER_PARITY_DIR', SHARED_DIR / 'parity'
 CASES = case_dirs(PARITY_DIR)
 
 
-def _case_params():
+def case_params():
   if not CASES:  # one test that reports the missing fixtures (fails in CI)
     return [pytest.param(None, id='no-cases')]
   params = []
@@ -68,11 +68,11 @@ def run_model(model, kind: str, inputs: dict[str, np.ndarray], targets: np.ndarr
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize('case_dir', _case_params())
-def test_model_vs_reference(case_dir, tmp_path):
+def convert_case(case_dir: Path | None, tmp_path: Path):
+  """(case.json, the case set's make_weights module, a model directory of the case's converted checkpoint)."""
   require_fixture(PARITY_DIR if case_dir is None else case_dir, 'parity cases')
   case = json.loads((case_dir / 'case.json').read_text())
-  kind, size = case['kind'], case['size']
+  kind = case['kind']
   if kind not in ('sync', 'synchability', 'avclip'):
     pytest.fail(f'{case_dir.name}: parity case kind {kind!r} has no synchformer_jax model')
   make_weights = _make_weights_module(case_dir)
@@ -86,7 +86,14 @@ def test_model_vs_reference(case_dir, tmp_path):
   assert conversion.missing == [] and conversion.unused == []
   if checkpoint.parent == tmp_path:
     checkpoint.unlink()  # free the disk before running the full-size model
-  model = synchformer_jax.load(str(tmp_path / 'model'))
+  return case, make_weights, str(tmp_path / 'model')
+
+
+@pytest.mark.parametrize('case_dir', case_params())
+def test_model_vs_reference(case_dir, tmp_path):
+  case, make_weights, model_dir = convert_case(case_dir, tmp_path)
+  kind, size = case['kind'], case['size']
+  model = synchformer_jax.load(model_dir)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
   n_buffers = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(
       nnx.state(model, synchformer_jax.models.layers.Buffer)))
