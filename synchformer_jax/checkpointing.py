@@ -49,7 +49,9 @@ def atomic_directory(destination: str, overwrite: bool = False) -> Iterator[str]
 def save_model_dir(destination: str, params: dict[str, Any], metadata: dict[str, Any], overwrite: bool = False) -> None:
   """Writes flat parameters and their description as a model directory."""
   with atomic_directory(destination, overwrite) as tmp:
-    with ocp.StandardCheckpointer() as checkpointer:
+    # Written by the calling process alone (the others of a multi-host run do not take part).
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+    with ocp.StandardCheckpointer(multiprocessing_options=alone) as checkpointer:
       checkpointer.save(os.path.join(tmp, PARAMS_DIR), {k: np.asarray(v) for k, v in params.items()})
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
       json.dump({'format_version': FORMAT_VERSION, **metadata}, f, indent=1)

@@ -2,14 +2,15 @@
 
 Training (`train_dataset`), per dataset of a weighted mixture:
 
-  ArrayRecord source -> seeded global shuffle, reshuffled every epoch -> this process's shard
+  ArrayRecord source -> seeded global shuffle, reshuffled every epoch
   -> random_map: the per-record step (decode a window + transforms) with a per-record RNG,
      replacing a clip that fails by another record drawn from that RNG
-then mix (weights) -> batch -> multiprocess prefetch (0 workers: in this process) -> failure
-accounting, which raises once too large a share of reads failed.
+then mix (weights) -> this process's rows of each global batch -> multiprocess prefetch (0 workers:
+in this process) -> failure accounting, which raises once too large a share of reads failed.
+Global batches are the same for any number of processes.
 
-Evaluation (`eval_dataset`): ordered, this process's share, padded with masked repeats to
-whole global batches so that every process yields the same number of batches.
+Evaluation (`eval_dataset`): ordered, padded with masked repeats to whole global batches, this
+process's rows of each.
 
 Everything is deterministic given the seed, whatever the worker count, and the iterators are
 grain `DatasetIterator`s: `get_state()` / `set_state()` resume a pipeline exactly (and grain's
@@ -182,14 +183,23 @@ class _ReplaceFailingClips:
 
 
 def _component_dataset(
-    component: Component, position: int, *, seed: int, num_epochs: int | None, shard: ProcessShard, options: PipelineOptions
+    component: Component, position: int, *, seed: int, num_epochs: int | None, options: PipelineOptions
 ) -> grain.MapDataset:
   ds = grain.MapDataset.source(component.source)
-  # One permutation for all processes (same seed), then disjoint per-process slices of it.
   ds = ds.shuffle(seed=_seed(seed, position, 0)).repeat(num_epochs)
-  ds = ds[shard.index :: shard.count]
   step = _ReplaceFailingClips(component.source, component.example_fn, options.max_attempts_per_example)
   return ds.random_map(step, seed=_seed(seed, position, 1))
+
+
+def _process_rows(ds: grain.MapDataset, batch_size: int, shard: ProcessShard) -> grain.MapDataset:
+  """This process's batches: rows [p·b, (p+1)·b) of every global batch of `count`·b examples.
+
+  Everything before is one global stream, the same for every process (same seeds; the maps are lazy,
+  so a process only computes its own rows). The global batches are thus the same, in the same order,
+  whatever the number of processes, and every process gets as many batches as the others.
+  """
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds[: len(ds) // shard.count * shard.count][shard.index :: shard.count]
 
 
 def train_dataset(
@@ -215,12 +225,11 @@ def train_dataset(
     raise ValueError('train_dataset needs at least one component')
   shard = shard or ProcessShard.of_this_process()
   parts = [
-      _component_dataset(c, i, seed=seed, num_epochs=num_epochs, shard=shard, options=options)
+      _component_dataset(c, i, seed=seed, num_epochs=num_epochs, options=options)
       for i, c in enumerate(components)
   ]
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [c.weight for c in components])
-  ds = ds.batch(batch_size, drop_remainder=True)
-  iter_ds = _prefetched(ds, options)
+  iter_ds = _prefetched(_process_rows(ds, batch_size, shard), options)
   return _FailureAccountingIterDataset(iter_ds, options.max_failure_rate, options.failure_rate_min_reads)
 
 
@@ -260,10 +269,10 @@ def eval_dataset(
     seed: per-record randomness (random-offset passes: one seed per pass).
   """
   shard = shard or ProcessShard.of_this_process()
-  per_process = math.ceil(len(source) / (batch_size * shard.count)) * batch_size
-  ds = grain.MapDataset.range(per_process * shard.count)[shard.index :: shard.count]
+  global_batch = batch_size * shard.count
+  ds = grain.MapDataset.range(math.ceil(len(source) / global_batch) * global_batch)
   ds = ds.random_map(_PadAndMask(source, example_fn), seed=_seed(seed))
-  return _prefetched(ds.batch(batch_size, drop_remainder=False), options)
+  return _prefetched(_process_rows(ds, batch_size, shard), options)
 
 
 def _prefetched(ds: grain.MapDataset, options: PipelineOptions) -> grain.IterDataset:

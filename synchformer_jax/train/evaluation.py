@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from synchformer_jax import sharding
@@ -21,10 +22,13 @@ def collect_outputs(config: ConfigDict, cfg: ModelConfig, steps, state, source, 
   """Model outputs and targets over the eval split, padding removed."""
   collected: dict[str, list[np.ndarray]] = {}
   for batch in input_pipeline.eval_batches(config, cfg, source):
-    mask = np.asarray(batch.pop(loader.MASK_KEY))
+    local = {k: np.asarray(batch.pop(k)) for k in (loader.MASK_KEY, *input_pipeline.TARGET_KEYS[config.stage])}
     outputs = steps.eval_step(state, loader.to_global_batch(batch, mesh, sharding.BATCH_AXES))
-    targets = {k: batch[k] for k in input_pipeline.TARGET_KEYS[config.stage]}
-    for name, value in {**jax.device_get(outputs), **targets}.items():
+    # Outputs cover the global batch (every process's rows, in process order): so must the masks and targets.
+    if jax.process_count() > 1:
+      local = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in local.items()}
+    mask = local.pop(loader.MASK_KEY)
+    for name, value in {**jax.device_get(outputs), **local}.items():
       value = np.asarray(value)
       if config.stage == 'avclip':  # (B·S, D) → (B, S, D), so padding clips can be dropped
         value = value.reshape(len(mask), -1, value.shape[-1])
@@ -44,7 +48,7 @@ def stage_metrics(stage: str, outputs: dict[str, np.ndarray]) -> dict[str, float
 def evaluate(config: ConfigDict, cfg: ModelConfig, steps, state, source, mesh, workdir: str, step: int) -> dict[str, Any]:
   outputs = collect_outputs(config, cfg, steps, state, source, mesh)
   result = stage_metrics(config.stage, outputs)
-  if config.stage == 'avclip':
+  if config.stage == 'avclip' and jax.process_index() == 0:
     write_similarity_images(outputs['segment_vfeat'], outputs['segment_afeat'],
                             os.path.join(workdir, 'viz', f'segment_similarity_{step:07d}.png'))
   return result

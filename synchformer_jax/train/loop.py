@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from synchformer_jax import checkpointing, pretrained, profiling, sharding
@@ -46,6 +48,23 @@ class _Preemption:
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
+
+
+def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None) -> None:
+  """Joins the processes of a multi-host run (`jax.distributed`); call before any other JAX work.
+
+  With no arguments the cluster is detected (TPU slices, SLURM, ...). On CPU the processes exchange
+  collectives through gloo, which lets a multi-host run be tested on one machine.
+  """
+  if jax.config.jax_platforms in (None, '', 'cpu') and coordinator_address:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def _is_lead_process() -> bool:
+  """Whether this process writes the run's shared files (metrics, config, exported models, figures)."""
+  return jax.process_index() == 0
 
 
 def model_config(config: ConfigDict) -> ModelConfig:
@@ -100,9 +119,10 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
     sources = features.prepare(config, cfg, steps, state, sources, mesh, workdir)
   train_iter = input_pipeline.train_batches(config, cfg, sources['train'])
   checkpointer = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
-  writer = MetricWriter(workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=1))
+  writer = MetricWriter(workdir, enabled=_is_lead_process())
+  if _is_lead_process():
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
 
   step = 0
   best = {'value': -np.inf, 'step': None}
@@ -110,6 +130,7 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings))
   if restored is not None:
     step, state, data_state, meta = restored
+    # Every process's iterator is at the same position of its shard; the stored state is process 0's.
     train_iter.set_state(data_state)
     best = meta.get('best', best)
     log.info('resumed from step %d', step)
@@ -120,7 +141,7 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
   peak_flops = profiling.peak_flops_per_device()
   flops_per_step = None
   preemption = _Preemption()
-  progress = _ProgressBar(step, config.total_steps)
+  progress = _ProgressBar(step, config.total_steps, enabled=_is_lead_process())
   metrics = {}
   try:
     while step < config.total_steps:
@@ -168,18 +189,24 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def _export(steps: trainer.Trainer, state, cfg: ModelConfig, directory: str, config: ConfigDict, step: int) -> None:
-  """Writes the model as a model directory (what the next stage and predict.py load)."""
-  model, _ = steps.merge(state)
-  pretrained.save(model, directory, cfg, provenance={'step': step, 'config': json.loads(config.to_json_best_effort())},
-                  overwrite=True)
+  """Writes the model as a model directory (what the next stage and predict.py load).
+
+  Every process takes part in gathering the parameters (they may be split over hosts); process 0 writes.
+  """
+  gathered = jax.jit(lambda x: x, out_shardings=NamedSharding(steps.mesh, PartitionSpec()))(state)
+  if _is_lead_process():
+    model, _ = steps.merge(gathered)
+    pretrained.save(model, directory, cfg, provenance={'step': step, 'config': json.loads(config.to_json_best_effort())},
+                    overwrite=True)
+  multihost_utils.sync_global_devices(f'exported {directory} at step {step}')
 
 
 class _ProgressBar:
   """A tqdm bar showing step time and clips/s (and MFU where the FLOPs of a step are known)."""
 
-  def __init__(self, start: int, total: int):
+  def __init__(self, start: int, total: int, enabled: bool = True):
     from tqdm import tqdm
-    self._bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
+    self._bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True, disable=not enabled)
 
   def update(self, step: int, metrics: dict[str, float]) -> None:
     self._bar.n = step

@@ -85,14 +85,16 @@ def segment_retrieval(vfeat: np.ndarray, afeat: np.ndarray) -> dict[str, float]:
 class MetricWriter:
   """Per-step metrics to `metrics.jsonl` (one object per line) and to TensorBoard event files."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, enabled: bool = True):
+    """`enabled=False` (every process of a multi-host run but the first) writes nothing."""
     from tensorboardX import SummaryWriter  # imported here: only training writes events
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.enabled = enabled
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard')) if enabled else None
 
   def truncate_after(self, step: int) -> None:
     """Drops lines of steps after `step`: a resumed run re-logs them."""
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       kept = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= step]
@@ -102,6 +104,8 @@ class MetricWriter:
     os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: Mapping[str, Any], prefix: str = '') -> None:
+    if not self.enabled:
+      return
     scalars = {f'{prefix}{k}': float(v) for k, v in metrics.items()}
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, **scalars}) + '\n')
@@ -109,7 +113,9 @@ class MetricWriter:
       self._tb.add_scalar(name, value, step)
 
   def flush(self) -> None:
-    self._tb.flush()
+    if self._tb is not None:
+      self._tb.flush()
 
   def close(self) -> None:
-    self._tb.close()
+    if self._tb is not None:
+      self._tb.close()
