@@ -157,10 +157,13 @@ def train_step(cfg: ModelConfig, batch: int, repeats: int = 3, seed: int = 0, wa
     state, metrics = compiled(state, data)
     return state, metrics
 
-  timing = _time_calls(step, repeats, warmup)
-  return {'compile_s': compile_s, **timing, 'clips_per_s': batch / timing['steady_s_median'],
-          **xla_analyses(compiled), **_flops_and_mfu(train_step_flops(cfg, batch), timing['steady_s_median']),
-          'peak_rss_gib': peak_rss_gib()}
+  result = {'compile_s': compile_s, **xla_analyses(compiled)}
+  try:
+    timing = _time_calls(step, repeats, warmup)
+  except jax.errors.JaxRuntimeError as error:  # e.g. out of memory: the analyses above still say why
+    return {**result, 'error': str(error).splitlines()[0], 'peak_rss_gib': peak_rss_gib()}
+  return {**result, **timing, 'clips_per_s': batch / timing['steady_s_median'],
+          **_flops_and_mfu(train_step_flops(cfg, batch), timing['steady_s_median']), 'peak_rss_gib': peak_rss_gib()}
 
 
 # Dense bf16 peak FLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
@@ -269,6 +272,8 @@ def markdown_row(result: dict[str, Any]) -> str:
   if r.get('remat'):
     setting += f" remat={r['remat']}"
   numbers = []
+  if 'error' in r:
+    numbers.append(f"failed: {r['error']}")
   if 'compile_s' in r:
     numbers.append(f"compile {r['compile_s']:.1f} s")
   if 'steady_s_median' in r:
