@@ -8,7 +8,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from synchformer_jax.models.config import SIZES
+from synchformer_jax.models.config import REMAT_POLICY_NAMES, SIZES
 from synchformer_jax.sharding import MESH_AXES, BATCH_AXES
 from synchformer_jax.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -36,6 +36,7 @@ def base_config(stage: str) -> ConfigDict:
   c.model.size = 'tiny'
   c.model.dtype = 'float32'
   c.model.remat = False
+  c.model.remat_policy = 'nothing_saveable'  # what a rematerialised block keeps (models.config.REMAT_POLICY_NAMES)
   c.model.attention_impl = ''  # '' lets JAX choose; 'cudnn' for the fused kernel on NVIDIA GPUs
   # Model directory to start from: Stage II takes a Stage I (or converted) model for its towers,
   # the synchronizability fine-tune a Stage II model.
@@ -88,6 +89,8 @@ def validate(c: ConfigDict, num_devices: int) -> None:
   _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', 'a non-negative integer', c.seed)
   _check(c.model.size in SIZES, 'model.size', f'one of {SIZES}', c.model.size)
   _check(c.model.dtype in ('float32', 'bfloat16'), 'model.dtype', "'float32' or 'bfloat16'", c.model.dtype)
+  _check(c.model.remat_policy in REMAT_POLICY_NAMES, 'model.remat_policy', f'one of {REMAT_POLICY_NAMES}',
+         c.model.remat_policy)
   _check(c.model.attention_impl in ('', 'xla', 'cudnn'), 'model.attention_impl', "'', 'xla' or 'cudnn'",
          c.model.attention_impl)
   _check(c.stage == 'avclip' or bool(c.model.init) or c.model.size != 'full', 'model.init',

@@ -69,7 +69,7 @@ def _is_lead_process() -> bool:
 
 def model_config(config: ConfigDict) -> ModelConfig:
   base = config_for_size(config.stage, config.model.size)
-  return base.replace(dtype=config.model.dtype, remat=config.model.remat,
+  return base.replace(dtype=config.model.dtype, remat=config.model.remat, remat_policy=config.model.remat_policy,
                       attention_impl=config.model.attention_impl or None)
 
 

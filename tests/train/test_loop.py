@@ -14,6 +14,7 @@ from tests.conftest import REPO_ROOT
     ('total_steps', 0, 'config.total_steps: expected a positive integer'),
     ('model.size', 'huge', 'config.model.size: expected one of'),
     ('optim.schedule', 'linear', 'config.optim.schedule: expected one of'),
+    ('model.remat_policy', 'everything', 'config.model.remat_policy: expected one of'),
     ('data.prob_oos', 1.5, 'config.data.prob_oos: expected a probability'),
     ('batch_size', 6, 'config.batch_size: expected a multiple of data × fsdp (4)'),
     ('mesh.fsdp', 3, 'config.mesh: expected sizes whose product is the 4 devices'),
