@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
-from synchformer_jax import pretrained
-from synchformer_jax.train import features, input_pipeline
+from synchformer_jax import pretrained, sharding
+from synchformer_jax.train import features, input_pipeline, trainer
 from synchformer_jax.train.config import base_config
 from synchformer_jax.train.loop import model_config, train
 
@@ -52,8 +52,14 @@ def test_precomputed_features_are_the_towers_outputs_and_are_reused(tmp_path):
   # Two windows of one clip differ (an offset and start drawn per window).
   assert not np.allclose(stored[0]['afeat'], stored[3]['afeat'])
 
-  # Resuming with more steps reuses the files.
+  # A resumed run (same towers, data and options) reuses the files; other towers make them anew.
   mtime = os.path.getmtime(train_file)
-  config.total_steps = 3
-  assert train(config, str(workdir))['step'] == 3
-  assert os.path.getmtime(train_file) == mtime
+  mesh = sharding.make_mesh(dict(config.mesh))
+  graphdef, state, shardings = trainer.create_state(cfg, config.optim, config.total_steps, mesh, config.seed)
+  steps = trainer.make_trainer(cfg, mesh, graphdef, shardings)
+  sources = input_pipeline.open_sources(config)
+  reused = features.prepare(config, cfg, steps, state, sources, mesh, str(workdir))
+  assert len(reused['train']) == 6 and os.path.getmtime(train_file) == mtime
+  _, other_state, _ = trainer.create_state(cfg, config.optim, config.total_steps, mesh, config.seed + 1)
+  features.prepare(config, cfg, steps, other_state, sources, mesh, str(workdir))
+  assert os.path.getmtime(train_file) != mtime
