@@ -85,22 +85,25 @@ def test_bf16_compute_keeps_float32_params_and_the_argmax():
   np.testing.assert_array_equal(jnp.argmax(logits32, -1), jnp.argmax(logits16, -1))
 
 
-@pytest.mark.parametrize('policy', REMAT_POLICY_NAMES)
-def test_remat_gives_the_same_gradients(policy):
-  cfg = config_for_size('sync', 'tiny')
-  plain, remat = build_model(cfg), build_model(cfg.replace(remat=True, remat_policy=policy))
-  nnx.update(remat, nnx.state(plain))
-  video, audio = _inputs(cfg)
-  targets = jnp.array([3, 17])
+def test_every_remat_policy_gives_the_same_gradients():
+  """Both towers' blocks are rematerialised; Stage I's loss reaches every tower parameter (2 clips × 2 segments)."""
+  cfg = config_for_size('avclip', 'tiny')
+  rng = np.random.default_rng(0)
+  video = jnp.asarray(rng.uniform(-1, 1, (2, 2, 3, 16, cfg.video.crop, cfg.video.crop)), jnp.float32)
+  audio = jnp.asarray(rng.normal(size=(2, 2, 66, 128)), jnp.float32)
 
   def grads(model):
     model.eval()
-    loss_fn = lambda m: m(video, audio, targets)[1]['loss']
-    return nnx.jit(nnx.grad(loss_fn))(model)
+    return nnx.jit(nnx.grad(lambda m: m(video, audio)[0]))(model)
 
-  g_plain, g_remat = grads(plain), grads(remat)
-  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  plain = build_model(cfg)
+  g_plain = jax.tree.leaves(grads(plain))
+  for policy in REMAT_POLICY_NAMES:
+    remat = build_model(cfg.replace(remat=True, remat_policy=policy))
+    nnx.update(remat, nnx.state(plain))
+    for a, b in zip(g_plain, jax.tree.leaves(grads(remat))):
+      # Recomputation may sum in another order; the temperature (0.07) scales such float32 noise up.
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=policy)
 
 
 @pytest.mark.parametrize('kind', ['sync', 'avclip'])
