@@ -84,18 +84,24 @@ def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.Failur
 def eval_batches(config: ConfigDict, cfg: ModelConfig, source):
   """One pass over the eval split (at most `data.eval_max_clips` clips): fixed offsets where the split has them."""
   if uses_features(config):  # the records are the eval windows already
-    return loader.eval_dataset(source, decode_feature_record, batch_size=config.batch_size // jax.process_count(),
-                               seed=config.seed)
-  return _clip_windows(config, cfg, _Prefix(source, min(len(source), config.data.eval_max_clips)),
-                       fixed_offsets=True)
+    return _eval_pass(config, source, decode_feature_record)
+  return _clip_windows(config, cfg, _eval_clips(config, source), fixed_offsets=True)
+
+
+def _eval_clips(config: ConfigDict, source):
+  """The clips evaluated: the first `data.eval_max_clips` of the split."""
+  return _Prefix(source, min(len(source), config.data.eval_max_clips))
+
+
+def _eval_pass(config: ConfigDict, source, example):
+  return loader.eval_dataset(source, example, batch_size=config.batch_size // jax.process_count(), seed=config.seed)
 
 
 def _clip_windows(config: ConfigDict, cfg: ModelConfig, source, fixed_offsets: bool):
   """Test-time windows of the clips in `source` (no augmentation), as padded eval batches."""
   step = loader.EvalExample(stage_transforms(config, cfg), fixed_offsets=fixed_offsets,
                             original_decoder=config.data.original_decoder)
-  example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
-  return loader.eval_dataset(source, example, batch_size=config.batch_size // jax.process_count(), seed=config.seed)
+  return _eval_pass(config, source, lambda record, rng: _model_inputs(step(record, rng), config.stage))
 
 
 def feature_windows(config: ConfigDict, cfg: ModelConfig, sources: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,9 +109,7 @@ def feature_windows(config: ConfigDict, cfg: ModelConfig, sources: Mapping[str, 
   an offset and start drawn for it, and the eval windows of `eval_batches`."""
   repeated = _Repeated(sources['train'], config.data.precomputed_windows)
   return {'train': _clip_windows(config, cfg, repeated, fixed_offsets=False),
-          'eval': _clip_windows(config, cfg, _Prefix(sources['eval'], min(len(sources['eval']),
-                                                                          config.data.eval_max_clips)),
-                                fixed_offsets=True)}
+          'eval': _clip_windows(config, cfg, _eval_clips(config, sources['eval']), fixed_offsets=True)}
 
 
 @dataclasses.dataclass(frozen=True)
