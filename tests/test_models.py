@@ -61,7 +61,7 @@ def test_eval_is_deterministic_and_train_mode_drops_out():
 def test_drop_path_is_active_in_stage1_training_only_after_the_first_block():
   cfg = config_for_size('avclip', 'tiny')
   model = build_model(cfg)
-  rates = [b.drop_path.rate for b in model.v_encoder.blocks]
+  rates = [float(b.drop_path.rate) for b in model.v_encoder.blocks]
   assert rates == pytest.approx(np.linspace(0, 0.2, cfg.video.depth).tolist())
   video, audio = _inputs(cfg)
   model.train()
@@ -85,25 +85,40 @@ def test_bf16_compute_keeps_float32_params_and_the_argmax():
   np.testing.assert_array_equal(jnp.argmax(logits32, -1), jnp.argmax(logits16, -1))
 
 
-def test_every_remat_policy_gives_the_same_gradients():
-  """Both towers' blocks are rematerialised; Stage I's loss reaches every tower parameter (2 clips × 2 segments)."""
-  cfg = config_for_size('avclip', 'tiny')
-  rng = np.random.default_rng(0)
-  video = jnp.asarray(rng.uniform(-1, 1, (2, 2, 3, 16, cfg.video.crop, cfg.video.crop)), jnp.float32)
-  audio = jnp.asarray(rng.normal(size=(2, 2, 66, 128)), jnp.float32)
+@pytest.mark.parametrize('kind, policies', [('avclip', REMAT_POLICY_NAMES), ('sync', REMAT_POLICY_NAMES[:1])])
+def test_every_remat_policy_gives_the_same_gradients(kind, policies):
+  """Rematerialised blocks run as a scan (both towers; Stage II also the global transformer); the loss
+  reaches every parameter. In train mode, so the scanned blocks must also draw the plain ones' drop-path and
+  dropout masks. Stage I: 2 clips × 2 segments."""
+  cfg = config_for_size(kind, 'tiny')
+  if kind == 'avclip':
+    rng = np.random.default_rng(0)
+    inputs = (jnp.asarray(rng.uniform(-1, 1, (2, 2, 3, 16, cfg.video.crop, cfg.video.crop)), jnp.float32),
+              jnp.asarray(rng.normal(size=(2, 2, 66, 128)), jnp.float32))
+    loss_of = lambda m: m(*inputs)[0]
+  else:
+    inputs = (*_inputs(cfg), jnp.asarray([3, 17]))
+    loss_of = lambda m: m(*inputs)[1]['loss']
 
-  def grads(model):
-    model.eval()
-    return nnx.jit(nnx.grad(lambda m: m(video, audio)[0]))(model)
+  @nnx.jit
+  def loss_and_grads(model):
+    return nnx.value_and_grad(loss_of)(model)
 
   plain = build_model(cfg)
-  g_plain = jax.tree.leaves(grads(plain))
-  for policy in REMAT_POLICY_NAMES:
-    remat = build_model(cfg.replace(remat=True, remat_policy=policy))
-    nnx.update(remat, nnx.state(plain))
-    for a, b in zip(g_plain, jax.tree.leaves(grads(remat))):
+  remats = {policy: build_model(cfg.replace(remat=True, remat_policy=policy)) for policy in policies}
+  for model in (plain, *remats.values()):
+    nnx.update(model, nnx.state(plain))
+    model.train()
+  loss_plain, g_plain = loss_and_grads(plain)
+  for policy, remat in remats.items():
+    loss, grads = loss_and_grads(remat)
+    np.testing.assert_allclose(loss, loss_plain, rtol=1e-6, err_msg=policy)
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(grads)):
       # Recomputation may sum in another order; the temperature (0.07) scales such float32 noise up.
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=policy)
+    # The random streams advance as they do unscanned (the next step draws new masks).
+    for a, b in zip(jax.tree.leaves(nnx.state(plain, nnx.RngCount)), jax.tree.leaves(nnx.state(remat, nnx.RngCount))):
+      np.testing.assert_array_equal(a, b, err_msg=policy)
 
 
 @pytest.mark.parametrize('kind', ['sync', 'avclip'])

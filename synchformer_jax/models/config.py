@@ -89,7 +89,7 @@ class ModelConfig:
   # Compute dtype of matmuls/convolutions; parameters stay float32.
   dtype: str = 'float32'
   # Rematerialise every transformer block in the backward pass, keeping what `remat_policy` names
-  # (a key of `layers.REMAT_POLICIES`).
+  # (a key of `layers.REMAT_POLICIES`); the blocks of a stack then run as a scan (`layers.run_blocks`).
   remat: bool = False
   remat_policy: str = 'nothing_saveable'
   # None lets JAX choose; 'cudnn' forces the fused flash kernel on NVIDIA GPUs.

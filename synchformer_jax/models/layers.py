@@ -72,18 +72,22 @@ def weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
 
 
 class DropPath(nnx.Module):
-  """Stochastic depth: drops a whole residual branch per sample (timm's DropPath)."""
+  """Stochastic depth: drops a whole residual branch per sample (timm's DropPath).
+
+  The rate is an array, not a static attribute, so that blocks with different rates have one structure and
+  can run as a scan (`run_blocks`); at rate 0 every sample is kept and the branch passes unchanged.
+  """
 
   def __init__(self, rate: float, *, rngs: nnx.Rngs):
-    self.rate = rate
+    self.rate = nnx.data(jnp.asarray(rate, jnp.float32))
     self.deterministic = False
-    self.rngs = rngs.fork() if rate > 0 else None
+    self.rngs = rngs.dropout.fork()
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.deterministic or self.rate == 0.0:
+    if self.deterministic:
       return x
     keep = 1.0 - self.rate
-    mask = jax.random.bernoulli(self.rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
 
@@ -183,11 +187,29 @@ REMAT_POLICIES = {name: getattr(jax.checkpoint_policies, name) for name in REMAT
 
 
 def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, remat: str | None) -> jax.Array:
-  """Applies blocks in order; with `remat` (a `REMAT_POLICIES` name) each is rematerialised in the backward pass."""
+  """Applies blocks in order; with `remat` (a `REMAT_POLICIES` name) each is rematerialised in the backward pass.
+
+  Rematerialised blocks run as a `lax.scan` over their stacked variables: XLA:CPU drops the
+  rematerialisation of blocks in straight-line code (the recomputation is merged back into the forward pass)
+  but keeps it inside a loop. The blocks' own parameters stay where they are; stacking them is part of the
+  computation, so their gradients are those of the unscanned blocks.
+  """
   if remat is None:
-    apply = lambda block, h: block(h)
-  else:
-    apply = nnx.remat(lambda block, h: block(h), policy=REMAT_POLICIES[remat])
-  for block in blocks:
-    x = apply(block, x)
+    for block in blocks:
+      x = block(x)
+    return x
+  graphdefs, rng_states, other_states = zip(*(nnx.split(block, nnx.RngState, ...) for block in blocks))
+  if any(g != graphdefs[0] for g in graphdefs):
+    raise ValueError(f'run_blocks: cannot scan {type(blocks[0]).__name__} blocks of different structures')
+
+  def apply(h, block_state):
+    block = nnx.merge(graphdefs[0], *block_state)
+    return block(h), nnx.state(block, nnx.RngState)
+
+  stack = lambda states: jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+  # The loop already keeps the recomputation apart: no barriers against common-subexpression elimination needed.
+  apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat], prevent_cse=False)
+  x, advanced_rngs = jax.lax.scan(apply, x, (stack(rng_states), stack(other_states)))
+  for i, block in enumerate(blocks):  # the random streams advance as they would unscanned
+    nnx.update(block, jax.tree.map(lambda leaf: leaf[i], advanced_rngs))
   return x
