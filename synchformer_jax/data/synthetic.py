@@ -67,6 +67,10 @@ class SyntheticSpec:
     audio_noise: std of the background hiss (waveform in [-1, 1]).
     offscreen_sound_rate_hz: rate of sound onsets that have no visual event.
     crf: x264 constant rate factor (lower is larger and closer to the rendered frames).
+    kinds: the event kinds a clip's actor is drawn from (its label indexes EVENT_KINDS).
+    voice_follows_color: the actor's pitch is set by its colour (redder sounds higher) instead of
+      drawn independently, so that a clip's two streams also correspond as wholes, as a dog's
+      bark goes with a dog, and not only in the timing of their events.
   """
 
   duration_sec: float = 10.0
@@ -81,8 +85,12 @@ class SyntheticSpec:
   audio_noise: float = 0.02
   offscreen_sound_rate_hz: float = 0.1
   crf: int = 23
+  kinds: tuple[str, ...] = EVENT_KINDS
+  voice_follows_color: bool = False
 
   def __post_init__(self):
+    if not self.kinds or set(self.kinds) - set(EVENT_KINDS):
+      raise ValueError(f'kinds: expected a non-empty subset of {EVENT_KINDS}, got {self.kinds}')
     if self.height % 2 or self.width % 2:
       raise ValueError(f'frame size must be even for yuv420p, got {self.height}x{self.width}')
     if self.duration_sec <= 0 or self.fps <= 0 or self.audio_rate <= 0:
@@ -263,6 +271,7 @@ def _sound(kind: str, pitch_hz: float, rate: int, rng: np.random.Generator) -> n
   raise ValueError(f'unknown event kind {kind!r}')
 
 
+_COLOR_RANGE = (150.0, 255.0)  # objects' RGB channels, bright against the background
 _PITCH_RANGE_HZ = {'bounce': (70.0, 160.0), 'hammer': (2000.0, 4000.0), 'flash': (600.0, 1600.0)}
 
 
@@ -273,12 +282,16 @@ def _pink_noise(num_samples: int, std: float, rng: np.random.Generator) -> np.nd
   return noise * (std / max(float(noise.std()), 1e-12))
 
 
-def _render_audio(spec: SyntheticSpec, kind: str, actor_events: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _render_audio(spec: SyntheticSpec, kind: str, actor: _Object, rng: np.random.Generator) -> np.ndarray:
   rate, n = spec.audio_rate, spec.num_samples
   # Sounds are placed on a padded buffer so that events before the clip leave their tails in it.
   pad = int(_EDGE_MARGIN_SEC * rate)
   audio = np.zeros(n + 2 * pad)
-  actor_pitch = rng.uniform(*_PITCH_RANGE_HZ[kind])
+  low, high = _PITCH_RANGE_HZ[kind]
+  if spec.voice_follows_color:
+    actor_pitch = low + (high - low) * (actor.color[0] - _COLOR_RANGE[0]) / (_COLOR_RANGE[1] - _COLOR_RANGE[0])
+  else:
+    actor_pitch = rng.uniform(low, high)
 
   def add(sound_kind: str, onset_sec: float, pitch_hz: float):
     sound = rng.uniform(0.25, 0.5) * _sound(sound_kind, pitch_hz, rate, rng)
@@ -287,7 +300,7 @@ def _render_audio(spec: SyntheticSpec, kind: str, actor_events: np.ndarray, rng:
     if stop > start >= 0:
       audio[start:stop] += sound[: stop - start]
 
-  for onset in actor_events:
+  for onset in actor.event_times:
     add(kind, onset, actor_pitch)
   for onset in _poisson_times(rng, spec.offscreen_sound_rate_hz, -_EDGE_MARGIN_SEC, spec.duration_sec + _EDGE_MARGIN_SEC):
     other = EVENT_KINDS[rng.integers(len(EVENT_KINDS))]
@@ -299,8 +312,8 @@ def _render_audio(spec: SyntheticSpec, kind: str, actor_events: np.ndarray, rng:
 def render_clip(spec: SyntheticSpec, seed: int | Sequence[int]) -> SyntheticClip:
   """Renders the frames and waveform of one clip; deterministic given (spec, seed)."""
   rng = np.random.default_rng(seed)
-  label = int(rng.integers(len(EVENT_KINDS)))
-  kind = EVENT_KINDS[label]
+  kind = spec.kinds[rng.integers(len(spec.kinds))]
+  label = EVENT_KINDS.index(kind)
   size, travel = _object_geometry(spec)
 
   # Objects sit in distinct columns, the actor in a random one, so its place reveals nothing.
@@ -318,13 +331,13 @@ def render_clip(spec: SyntheticSpec, seed: int | Sequence[int]) -> SyntheticClip
             drift_amplitude=rng.uniform(0.1, 0.3) * max(column_width - 2 * size, 0.0),
             drift_hz=rng.uniform(0.05, 0.25),
             drift_phase=rng.uniform(0, 2 * np.pi),
-            color=rng.uniform(150, 255, size=3).astype(np.float32),
+            color=rng.uniform(*_COLOR_RANGE, size=3).astype(np.float32),
             event_times=_poisson_times(rng, spec.event_rate_hz, first, last),
         )
     )
   actor_events = objects[0].event_times
   frames = _render_frames(spec, kind, objects, rng)
-  audio = _render_audio(spec, kind, actor_events, rng)
+  audio = _render_audio(spec, kind, objects[0], rng)
   inside = actor_events[(actor_events >= 0.0) & (actor_events < spec.duration_sec)]
   return SyntheticClip(frames=frames, audio=audio, event_times_sec=inside, label=label)
 

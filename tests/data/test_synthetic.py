@@ -70,6 +70,36 @@ def test_spec_rejects_odd_frame_sizes():
     synthetic.SyntheticSpec(height=255)
 
 
+def test_kinds_restrict_the_actor_and_label():
+  spec = synthetic.SyntheticSpec(duration_sec=2.0, height=64, width=64, kinds=('flash',))
+  assert {synthetic.render_clip(spec, seed).label for seed in range(6)} == {synthetic.EVENT_KINDS.index('flash')}
+  with pytest.raises(ValueError, match='kinds'):
+    synthetic.SyntheticSpec(kinds=('whistle',))
+
+
+def _lamp_red_and_pitch(spec: synthetic.SyntheticSpec, seeds: range) -> np.ndarray:
+  """(red level of the lit lamp, dominant frequency of the soundtrack in Hz) of the clips with a flash."""
+  rows = []
+  for seed in seeds:
+    clip = synthetic.render_clip(spec, seed)
+    if clip.event_times_sec.size:
+      spectrum = np.abs(np.fft.rfft(clip.audio))
+      rows.append((clip.frames[..., 0].max(), np.argmax(spectrum) * spec.audio_rate / clip.audio.size))
+  return np.array(rows, float).T
+
+
+@pytest.mark.parametrize('follows', [True, False])
+def test_voice_follows_color_ties_pitch_to_the_actor(follows):
+  # One lamp, no distractors or off-screen sounds, dense events: the brightest red is the lit lamp's
+  # and the loudest frequency its beep's.
+  spec = synthetic.SyntheticSpec(duration_sec=2.0, height=64, width=64, kinds=('flash',), num_distractors=0,
+                                 offscreen_sound_rate_hz=0.0, event_rate_hz=3.0, object_size=0.3,
+                                 video_noise=0.0, audio_noise=0.0, voice_follows_color=follows)
+  red, pitch = _lamp_red_and_pitch(spec, range(16))
+  correlation = np.corrcoef(red, pitch)[0, 1]
+  assert (correlation > 0.9) if follows else (abs(correlation) < 0.6), correlation
+
+
 def test_fixed_offsets_are_grid_values_with_both_windows_inside_the_clip():
   rng = np.random.default_rng(0)
   grid = np.round(np.linspace(-2, 2, 21), 2)
