@@ -350,8 +350,9 @@ def encode_mp4(frames: np.ndarray, audio: np.ndarray, *, fps: int, audio_rate: i
     video.height, video.width = frames.shape[1:3]
     video.pix_fmt = 'yuv420p'
     # threads=1: x264's output bits depend on its thread count; one thread keeps clips
-    # byte-identical across machines.
-    video.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'}
+    # byte-identical across machines. mbtree=0: x264's SIMD macroblock-tree rate control gives
+    # different bits from one call to the next in one process (it depends on buffer alignment).
+    video.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1', 'x264-params': 'mbtree=0'}
     # 48 kb/s is ample for 16-kHz mono; the encoder's default (128 kb/s) mostly spends bits on hiss.
     sound = container.add_stream('aac', rate=audio_rate, layout='mono', bit_rate=48000)
     for frame in frames:
