@@ -1,6 +1,11 @@
-"""Shared test helpers: where ../shared lives, and the rule that a missing fixture fails in CI."""
+"""Shared test helpers: where ../shared lives, and the rule that a missing fixture fails in CI; one XLA
+compilation cache for the whole run, and the most expensive tests scheduled first."""
 import importlib
+import importlib.util
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,3 +48,53 @@ def require_optional(module: str, extra: str):
 def require_torch():
   """torch reads/writes the original's checkpoints."""
   return require_optional('torch', 'torch')
+
+
+# One persistent XLA compilation cache per test run, shared by the xdist workers and every process a test
+# starts (training runs, scripts): a program that several tests or processes compile (a resumed run's steps,
+# features extracted again) is compiled once. A different program (other shapes, shardings, device counts,
+# XLA flags) has another key, so the cache never stands in for a compilation a test would otherwise do.
+_CACHE_DIR_ENV = 'JAX_COMPILATION_CACHE_DIR'
+
+
+def pytest_configure(config):
+  if hasattr(config, 'workerinput') or os.environ.get(_CACHE_DIR_ENV):
+    return  # an xdist worker inherits the controller's environment; a cache the caller chose is kept
+  directory = tempfile.mkdtemp(prefix='synchformer_jax_xla_cache_')
+  config._synchformer_xla_cache = directory
+  os.environ[_CACHE_DIR_ENV] = directory
+  if importlib.util.find_spec('filelock'):  # a size limit makes JAX lock the entries it reads and writes
+    os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(16 << 30))
+  if 'jax' in sys.modules:
+    import jax
+    jax.config.update('jax_compilation_cache_dir', directory)
+
+
+def pytest_unconfigure(config):
+  directory = getattr(config, '_synchformer_xla_cache', None)
+  if directory:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# The longest tests (minutes on 2 cores), longest first: started first, they run side by side on the two
+# xdist workers instead of last on one of them. Others keep their collection order.
+_LONGEST_FIRST = (
+    'tests/train/test_multihost.py::',
+    'tests/train/test_resume.py::test_sigterm_and_sigkill',
+    'tests/train/test_features.py::',
+    'tests/parity/test_models_vs_reference.py::test_model_vs_reference[sync_full]',
+    'tests/train/test_sharding.py::test_stage2',
+    'tests/train/test_sharding.py::test_stage1',
+    'tests/parity/test_models_vs_reference.py::test_model_vs_reference[avclip_full]',
+    'tests/test_models.py::test_every_remat_policy_gives_the_same_gradients',
+    'tests/train/test_loop.py::test_nan_loss',
+    'tests/test_profiling.py::test_train_step_benchmark',
+)
+
+
+def _rank(item) -> int:
+  return next((i for i, prefix in enumerate(_LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(_LONGEST_FIRST))
+
+
+def pytest_collection_modifyitems(config, items):
+  items.sort(key=_rank)  # stable: the rest keep their order

@@ -40,10 +40,10 @@ def test_cli_rejects_a_bad_value_before_doing_anything(tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data):
   config = base_config('sync')
   config.update(total_steps=6, batch_size=2, checkpoint_every=1, eval_every=1000)
-  config.data.update(dir=str(tmp_path / 'data'), num_clips=4, eval_max_clips=2)
+  config.data.update(dir=str(synthetic_data), build_if_missing=False, eval_max_clips=2)
   config.optim.update(learning_rate=1e30, warmup_steps=0, clip_norm=0.0)  # the first update overflows
   workdir = tmp_path / 'run'
   with pytest.raises(NonFiniteLossError, match=r'at step (\d+)') as err:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from synchformer_jax import pretrained
-from synchformer_jax.data import builders
 from tests.conftest import REPO_ROOT
 
 
@@ -33,12 +32,11 @@ def _logged(workdir) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_log_the_losses_of_one(tmp_path):
-  data = tmp_path / 'data'
-  builders.build('synthetic_sync', data_dir=data, num_clips=4)
+def test_two_processes_log_the_losses_of_one(tmp_path, synthetic_data):
+  # Global batches of all 4 training clips; each process reads 2 of every batch.
   command = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'), '--config', str(REPO_ROOT / 'configs' / 'sync.py'),
              '--config.total_steps=3', '--config.batch_size=4', '--config.eval_every=3', '--config.checkpoint_every=3',
-             f'--config.data.dir={data}', '--config.data.num_clips=4', '--config.data.eval_max_clips=4']
+             f'--config.data.dir={synthetic_data}', '--config.data.build_if_missing=False', '--config.data.eval_max_clips=4']
   multi, single = tmp_path / 'multi', tmp_path / 'single'
   port = _free_port()
   processes = [subprocess.Popen(command + ['--workdir', str(multi), '--multihost', f'--coordinator_address=localhost:{port}',

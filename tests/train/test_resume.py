@@ -20,9 +20,10 @@ TRAIN = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'), '--config', st
 
 
 def _overrides(data_dir: Path) -> list[str]:
+  # 6 steps of 2 of the 4 training clips: 3 epochs, so resuming also crosses epoch boundaries.
   return ['--config.total_steps=6', '--config.batch_size=2', '--config.checkpoint_every=2',
-          '--config.eval_every=1000', '--config.data.eval_max_clips=2', '--config.data.num_clips=6',
-          f'--config.data.dir={data_dir}', '--config.keep_checkpoints=10']
+          '--config.eval_every=1000', '--config.data.eval_max_clips=2', f'--config.data.dir={data_dir}',
+          '--config.data.build_if_missing=False', '--config.keep_checkpoints=10']
 
 
 def _step_losses(workdir: Path) -> dict[int, float]:
@@ -45,20 +46,15 @@ def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, timeout: fl
   raise TimeoutError(f'step {step} not reached')
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('data')
-
-
 @pytest.mark.slow
-def test_sigterm_and_sigkill_then_resume_log_the_losses_of_an_uninterrupted_run(tmp_path, data_dir):
+def test_sigterm_and_sigkill_then_resume_log_the_losses_of_an_uninterrupted_run(tmp_path, synthetic_data):
   """One run is preempted (SIGTERM: it saves and exits 0), resumed, killed (SIGKILL), and resumed again."""
   reference = tmp_path / 'reference'
-  subprocess.run(TRAIN + ['--workdir', str(reference)] + _overrides(data_dir), check=True, capture_output=True,
+  subprocess.run(TRAIN + ['--workdir', str(reference)] + _overrides(synthetic_data), check=True, capture_output=True,
                  timeout=900)
   run = tmp_path / 'interrupted'
 
-  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(data_dir), stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   _wait_for_step(run, proc, 1)
   proc.send_signal(signal.SIGTERM)
@@ -67,14 +63,14 @@ def test_sigterm_and_sigkill_then_resume_log_the_losses_of_an_uninterrupted_run(
   assert stopped_at < 6
   assert _checkpoint_steps(run)[-1] == stopped_at  # saved where it stopped, not only every checkpoint_every
 
-  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(data_dir), stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   _wait_for_step(run, proc, max(stopped_at + 2, 5))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (run / 'model').exists()
 
-  subprocess.run(TRAIN + ['--workdir', str(run)] + _overrides(data_dir), check=True, capture_output=True, timeout=900)
+  subprocess.run(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), check=True, capture_output=True, timeout=900)
   expected = _step_losses(reference)
   assert sorted(expected) == list(range(1, 7))
   assert _step_losses(run) == expected
