@@ -4,6 +4,7 @@
   python scripts/benchmark.py train-step --stage avclip --size full --batch 1 --remat
   python scripts/benchmark.py flops --stage sync --size full            # analytic vs XLA, no timing
   python scripts/benchmark.py loader --stage sync --workers 2 --batch 8 --data_dir data/generated
+  python scripts/benchmark.py head-probe --size tiny --batch 32 --steps 3000   # can the Stage II head learn?
 
 Runs on whatever JAX finds (CPU here); the row names the command, machine, versions and load average.
 `--onednn-dots` opts in to oneDNN matmuls on CPU (synchformer_jax/cpu.py says when that is safe).
@@ -18,7 +19,7 @@ from synchformer_jax import cpu
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('benchmark', choices=['stage2-forward', 'train-step', 'flops', 'loader'])
+  parser.add_argument('benchmark', choices=['stage2-forward', 'train-step', 'flops', 'loader', 'head-probe'])
   parser.add_argument('--stage', choices=['avclip', 'sync', 'synchability'], default='sync')
   parser.add_argument('--size', choices=['tiny', 'small', 'full'], default='full')
   parser.add_argument('--batch', type=int, default=1)
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
   parser.add_argument('--workers', type=int, default=0, help='loader: grain worker processes')
   parser.add_argument('--batches', type=int, default=10, help='loader: batches to time')
   parser.add_argument('--data_dir', default='data/generated', help='loader: where synthetic_sync is (built if absent)')
+  parser.add_argument('--steps', type=int, default=3000, help='head-probe: training steps')
+  parser.add_argument('--learning_rate', type=float, default=1e-3, help='head-probe: Adam, constant after warm-up')
+  parser.add_argument('--layers', type=int, help="head-probe: global transformer layers (default: the size's)")
   parser.add_argument('--out', help='write the JSON result here as well')
   args = parser.parse_args(argv)
   if args.onednn_dots:
@@ -49,6 +53,8 @@ def main(argv=None) -> int:
                 **profiling.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}
   elif args.benchmark == 'flops':
     measured = {**setting, **profiling.forward_flops_check(cfg, args.batch)}
+  elif args.benchmark == 'head-probe':
+    measured = {**setting, **profiling.head_probe(cfg, args.batch, args.steps, args.learning_rate, args.layers)}
   else:
     measured = {**setting, 'workers': args.workers,
                 **profiling.loader_benchmark(stage, args.size, args.batch, args.workers, args.batches, args.data_dir)}

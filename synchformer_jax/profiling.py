@@ -5,6 +5,7 @@ XLA's memory and cost analyses come from the same executable that is timed.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -24,6 +25,7 @@ from synchformer_jax import sharding
 from synchformer_jax.flops import forward_flops
 from synchformer_jax.models import build_model
 from synchformer_jax.models.config import ModelConfig, config_for_size
+from synchformer_jax.train import head_probe as head_probe_lib
 from synchformer_jax.train import input_pipeline, trainer
 from synchformer_jax.train.config import base_config
 from synchformer_jax.train.trainer import TARGET_KEY
@@ -217,6 +219,18 @@ def loader_benchmark(stage: str, size: str, batch: int, workers: int, n_batches:
   return loader_throughput(batches, n_batches, batch)
 
 
+def head_probe(cfg: ModelConfig, batch: int, steps: int, learning_rate: float, layers: int | None) -> dict[str, Any]:
+  """Trains the Stage II head alone on simulated event features (`train.head_probe`) with Stage II's optimiser."""
+  if layers is not None:
+    cfg = cfg.replace(transformer=dataclasses.replace(cfg.transformer, layers=layers))
+  optim = base_config('sync').optim
+  optim.learning_rate = learning_rate
+  curve = head_probe_lib.train_head(cfg, optim, steps=steps, batch_size=batch, eval_every=max(1, steps // 12))
+  return {'layers': cfg.transformer.layers, 'learning_rate': learning_rate, 'steps': steps, 'curve': curve,
+          'final': curve[-1] if curve else None,
+          'cross_correlation_accuracy_1': head_probe_lib.cross_correlation_accuracy(cfg), 'peak_rss_gib': peak_rss_gib()}
+
+
 # One HLO instruction: `name = type[dims]{layout} op(operands), attributes`.
 _HLO_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?([\w.\-]+) = \w+\[([\d,]*)\]\S* (\w+)\((.*?)\)(.*)$')
 
@@ -284,6 +298,11 @@ def markdown_row(result: dict[str, Any]) -> str:
   if 'xla_flops' in r:
     analytic = r['analytic_flops']['total'] if isinstance(r.get('analytic_flops'), dict) else r.get('analytic_flops')
     numbers.append(f"XLA {r['xla_flops'] / 1e12:.4g} TFLOP, analytic {analytic / 1e12:.4g} TFLOP")
+  if r.get('final'):
+    f = r['final']
+    numbers.append(f"{r['layers']} layers, lr {r['learning_rate']:g}: after {f['step']} steps ({f['seconds']:.0f} s) "
+                   f"loss {f['loss']:.3f}, held-out acc@1 {100 * f['accuracy_1']:.1f} %, ±1 {100 * f['accuracy_1_tol1']:.1f} %; "
+                   f"cross-correlation acc@1 {100 * r['cross_correlation_accuracy_1']:.1f} %")
   if r.get('mfu') is not None:
     numbers.append(f"MFU {100 * r['mfu']:.1f} %")
   if 'xla_peak_gib' in r:
