@@ -4,8 +4,8 @@ Stage II trains only the head (projections + global transformer) on the frozen t
 replaces the towers with features that hold the offset exactly: one Poisson event train per window; every video and
 audio token carries the event intensity at its own time along one fixed random direction per modality, plus noise;
 the audio tokens' times are shifted by the window's offset. Fresh windows are drawn at every step, so the head cannot
-memorise. Correlating the two intensity curves recovers the offset (`cross_correlation_offsets`), so what the head
-learns here bounds what it can learn from any towers on the same budget.
+memorise. Correlating the two intensity curves recovers the offset (`cross_correlation_offsets`): a head that does
+not learn from these inputs within a budget is not expected to learn from real towers' tokens within it either.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
