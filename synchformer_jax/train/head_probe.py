@@ -120,7 +120,7 @@ def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: i
   curve, losses, start = [], [], time.perf_counter()
   for step in range(1, steps + 1):
     losses.append(train_step(model, optimizer, windows.batch(batch_size)))
-    if step % eval_every == 0:
+    if step % eval_every == 0 or step == steps:
       model.eval()
       held_out_metrics = metrics.offset_metrics(np.asarray(logits(model, held_out)), held_out['offset_target'])
       model.train()
