@@ -18,15 +18,15 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from synchformer_jax.data.audio import HOP_LENGTH, SAMPLE_RATE
-from synchformer_jax.data.decode import VIDEO_FPS
-from synchformer_jax.models import build_model, classification_loss
+from synchformer_jax.data.transforms import OFFSET_GRID, SEGMENT_FRAMES, STAGE_II, VIDEO_FPS
+from synchformer_jax.models import build_model
 from synchformer_jax.models.config import NUM_OFFSET_CLASSES, ModelConfig
 from synchformer_jax.train import metrics, trainer
 from synchformer_jax.train.optim import make_optimizer
 
-SEGMENT_STRIDE_SEC = 0.32  # Stage II: 0.64-s segments at 50 % overlap
+SEGMENT_STRIDE_SEC = STAGE_II.step_seg * SEGMENT_FRAMES / VIDEO_FPS  # 0.32 s: 0.64-s segments at 50 % overlap
 MEL_HOP_SEC = HOP_LENGTH / SAMPLE_RATE
-OFFSETS_SEC = np.linspace(-2.0, 2.0, NUM_OFFSET_CLASSES)
+OFFSETS_SEC = OFFSET_GRID.astype(np.float64)
 
 
 def token_times(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -101,15 +101,16 @@ def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: i
   """Trains a fresh Stage II head on simulated windows; returns the loss and held-out accuracies every eval_every."""
   model = build_model(cfg, seed)
   model.train()
-  optimizer = nnx.Optimizer(model, make_optimizer(optim, steps), wrt=trainer.trainable(cfg.kind))
+  head = trainer.trainable(cfg.kind)
+  optimizer = nnx.Optimizer(model, make_optimizer(optim, steps), wrt=head)
   windows = SimulatedEvents(cfg, seed=seed, **simulation)
   held_out = windows.batch(eval_windows)
 
   @nnx.jit
   def train_step(model, optimizer, batch):
     def loss_fn(model):
-      return classification_loss(model.classify(batch['vfeat'], batch['afeat']), batch['offset_target'])
-    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainer.trainable(cfg.kind)))(model)
+      return trainer.loss_and_metrics(model, batch, cfg.kind)[0]  # the Stage II loss on precomputed features
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, head))(model)
     optimizer.update(model, grads)
     return loss
 
