@@ -10,9 +10,12 @@ from synchformer_jax.train.config import base_config, full_size_recipe
 
 def get_config(arg: str = ''):
   c = base_config('sync')
-  c.total_steps = 400
-  c.batch_size = 8
-  c.eval_every = 200
+  c.total_steps = 6000
+  c.batch_size = 32
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  # The frozen towers run once over 8 windows of every clip; the steps then cost only the transformer.
+  c.data.precomputed_windows = 8
   if arg:
     full_size_recipe(c, arg)
   return c

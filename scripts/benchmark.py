@@ -35,6 +35,8 @@ def main(argv=None) -> int:
   parser.add_argument('--steps', type=int, default=3000, help='head-probe: training steps')
   parser.add_argument('--learning_rate', type=float, default=1e-3, help='head-probe: Adam, constant after warm-up')
   parser.add_argument('--layers', type=int, help="head-probe: global transformer layers (default: the size's)")
+  parser.add_argument('--beacon_period', type=float, default=0.0,
+                      help="head-probe: add the synthetic clips' dense cue with this period in s (0: events only)")
   parser.add_argument('--out', help='write the JSON result here as well')
   args = parser.parse_args(argv)
   if args.onednn_dots:
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
   elif args.benchmark == 'flops':
     measured = {**setting, **profiling.forward_flops_check(cfg, args.batch)}
   elif args.benchmark == 'head-probe':
-    measured = {**setting, **profiling.head_probe(cfg, args.batch, args.steps, args.learning_rate, args.layers)}
+    measured = {**setting, **profiling.head_probe(cfg, args.batch, args.steps, args.learning_rate, args.layers,
+                                                         args.beacon_period)}
   else:
     measured = {**setting, 'workers': args.workers,
                 **profiling.loader_benchmark(stage, args.size, args.batch, args.workers, args.batches, args.data_dir)}

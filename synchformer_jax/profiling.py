@@ -219,14 +219,17 @@ def loader_benchmark(stage: str, size: str, batch: int, workers: int, n_batches:
   return loader_throughput(batches, n_batches, batch)
 
 
-def head_probe(cfg: ModelConfig, batch: int, steps: int, learning_rate: float, layers: int | None) -> dict[str, Any]:
+def head_probe(cfg: ModelConfig, batch: int, steps: int, learning_rate: float, layers: int | None,
+               beacon_period_sec: float = 0.0) -> dict[str, Any]:
   """Trains the Stage II head alone on simulated event features (`train.head_probe`) with Stage II's optimiser."""
   if layers is not None:
     cfg = cfg.replace(transformer=dataclasses.replace(cfg.transformer, layers=layers))
   optim = base_config('sync').optim
   optim.learning_rate = learning_rate
-  curve = head_probe_lib.train_head(cfg, optim, steps=steps, batch_size=batch, eval_every=max(1, steps // 12))
-  return {'layers': cfg.transformer.layers, 'learning_rate': learning_rate, 'steps': steps, 'curve': curve,
+  curve = head_probe_lib.train_head(cfg, optim, steps=steps, batch_size=batch, eval_every=max(1, steps // 12),
+                                    beacon_period_sec=beacon_period_sec)
+  return {'layers': cfg.transformer.layers, 'learning_rate': learning_rate, 'beacon_period_sec': beacon_period_sec,
+          'steps': steps, 'curve': curve,
           'final': curve[-1] if curve else None,
           'cross_correlation_accuracy_1': head_probe_lib.cross_correlation_accuracy(cfg), 'peak_rss_gib': peak_rss_gib()}
 
@@ -300,7 +303,8 @@ def markdown_row(result: dict[str, Any]) -> str:
     numbers.append(f"XLA {r['xla_flops'] / 1e12:.4g} TFLOP, analytic {analytic / 1e12:.4g} TFLOP")
   if r.get('final'):
     f = r['final']
-    numbers.append(f"{r['layers']} layers, lr {r['learning_rate']:g}: after {f['step']} steps ({f['seconds']:.0f} s) "
+    cue = f", beacon {r['beacon_period_sec']:g} s" if r.get('beacon_period_sec') else ''
+    numbers.append(f"{r['layers']} layers, lr {r['learning_rate']:g}{cue}: after {f['step']} steps ({f['seconds']:.0f} s) "
                    f"loss {f['loss']:.3f}, held-out acc@1 {100 * f['accuracy_1']:.1f} %, ±1 {100 * f['accuracy_1_tol1']:.1f} %; "
                    f"cross-correlation acc@1 {100 * r['cross_correlation_accuracy_1']:.1f} %")
   if r.get('mfu') is not None:

@@ -13,6 +13,13 @@ and fires a few times per 10 s. The difficulty comes from
 - off-screen sounds: onsets with no visual counterpart;
 - background noise in both streams (temporally smooth luminance flicker, pink-ish hiss).
 
+Besides the sparse cue, a clip holds a dense one, the *beacon* (`SyntheticSpec.beacon_period_sec`;
+0 turns it off): a large lamp in the middle of the frame cycles through the colour wheel, and a hum of
+two notes follows its colour. It stands for the continuous correspondences of real videos (a passing
+car's engine, a speaking face), and it is what lets a model trained from scratch on a 2-core CPU learn
+the offsets within the hour (BENCHMARKS.md): the tiny towers' untrained features already carry it, while
+the sparse events hardly register in them. The lamp's starting colour is random.
+
 Event times are a homogeneous Poisson process, drawn on an interval wider than the clip so
 that the edges look like the middle. The content of a window of *one* stream is therefore
 independent of where the window sits in the clip, so nothing but the correspondence between
@@ -48,6 +55,10 @@ _FLASH_DECAY_SEC = 0.08  # lamp brightness (and beep loudness) decay constant
 # the clip (or ends after it) is as frequent at the edges as in the middle.
 _EDGE_MARGIN_SEC = 1.0
 _NOISE_GRID = 9  # the luminance flicker lives on a 9x9 grid, upsampled bilinearly
+_OFFSET_SPAN_SEC = 4.0  # offsets run from -2 to +2 s
+_BEACON_SIZE = 0.45  # lamp diameter, as a fraction of the frame's short side
+_BEACON_NOTES_HZ = (220.0, 330.0)
+_BEACON_HARMONICS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +82,14 @@ class SyntheticSpec:
     voice_follows_color: the actor's pitch is set by its colour (redder sounds higher) instead of
       drawn independently, so that a clip's two streams also correspond as wholes, as a dog's
       bark goes with a dog, and not only in the timing of their events.
+    beacon_period_sec: one cycle of the beacon, a dense cue (0: no beacon). A large lamp in the
+      middle of the frame runs through the colour wheel while its hum, a chord of two notes,
+      follows it: one note's loudness follows the lamp's red level, the other's its green-against-blue
+      balance. Must exceed the span of the offsets (4 s), or two offsets would look alike. At the
+      default 10 s a 4.8-s window sees half a cycle, so even its mean colour tells where in the cycle
+      it is; at 5 s the window's mean is nearly grey, and a Stage II head that starts by pooling
+      every token learned nothing in 3000 steps (BENCHMARKS.md).
+    beacon_level: the hum's peak amplitude (waveform in [-1, 1]).
   """
 
   duration_sec: float = 10.0
@@ -87,6 +106,8 @@ class SyntheticSpec:
   crf: int = 23
   kinds: tuple[str, ...] = EVENT_KINDS
   voice_follows_color: bool = False
+  beacon_period_sec: float = 10.0
+  beacon_level: float = 0.1
 
   def __post_init__(self):
     if not self.kinds or set(self.kinds) - set(EVENT_KINDS):
@@ -97,6 +118,9 @@ class SyntheticSpec:
       raise ValueError(f'duration, fps and audio rate must be positive: {self}')
     if not 0 < self.object_size < 0.5:
       raise ValueError(f'object_size is a fraction of the short side, got {self.object_size}')
+    if self.beacon_period_sec and self.beacon_period_sec <= _OFFSET_SPAN_SEC:
+      raise ValueError(f'beacon_period_sec: expected 0 (no beacon) or more than {_OFFSET_SPAN_SEC} s '
+                       f'(the span of the offsets), got {self.beacon_period_sec}')
 
   @property
   def num_frames(self) -> int:
@@ -206,7 +230,13 @@ def _object_geometry(spec: SyntheticSpec) -> tuple[float, float]:
   return size, 2.5 * size
 
 
-def _render_frames(spec: SyntheticSpec, kind: str, objects: Sequence[_Object], rng: np.random.Generator) -> np.ndarray:
+def _beacon_angle(spec: SyntheticSpec, t: np.ndarray, phase: float) -> np.ndarray:
+  """The beacon's angle on the colour wheel (radians) at times t."""
+  return 2 * np.pi * t / spec.beacon_period_sec + phase
+
+
+def _render_frames(spec: SyntheticSpec, kind: str, objects: Sequence[_Object], beacon_phase: float,
+                   rng: np.random.Generator) -> np.ndarray:
   h, w = spec.height, spec.width
   size, travel = _object_geometry(spec)
   t = np.arange(spec.num_frames) / spec.fps
@@ -238,10 +268,15 @@ def _render_frames(spec: SyntheticSpec, kind: str, objects: Sequence[_Object], r
 
   drift = [obj.drift_amplitude * np.sin(2 * np.pi * obj.drift_hz * t + obj.drift_phase) for obj in objects]
   profiles = [_event_profile(kind, t, obj.event_times) for obj in objects]
+  if spec.beacon_period_sec:
+    angle = _beacon_angle(spec, t, beacon_phase)[:, None] + np.array([0.0, -2 * np.pi / 3, 2 * np.pi / 3])
+    beacon_colors = (127.5 + 127.5 * np.cos(angle)).astype(np.float32)  # (frames, RGB) around the hue circle
   frames = np.empty((spec.num_frames, h, w, 3), np.uint8)
   for k in range(spec.num_frames):
     rows = flicker_rows[k]
     canvas = background + (rows[:, left_x] * (1.0 - weight_x) + rows[:, left_x + 1] * weight_x)[..., None]
+    if spec.beacon_period_sec:  # behind the objects, so that it never hides an event
+      _paint_disc(canvas, w / 2, h / 2, _BEACON_SIZE * min(h, w) / 2, beacon_colors[k])
     for obj, dx, profile in zip(objects, drift, profiles):
       x = obj.x + dx[k]
       if kind == 'bounce':
@@ -282,7 +317,20 @@ def _pink_noise(num_samples: int, std: float, rng: np.random.Generator) -> np.nd
   return noise * (std / max(float(noise.std()), 1e-12))
 
 
-def _render_audio(spec: SyntheticSpec, kind: str, actor: _Object, rng: np.random.Generator) -> np.ndarray:
+def _beacon_hum(spec: SyntheticSpec, phase: float) -> np.ndarray:
+  """The beacon's sound: two buzzing notes whose loudness follows the cosine and sine of its colour angle.
+
+  Each note carries its first harmonics (amplitude 1/k), so that it lights up many mel bands, not one.
+  """
+  t = np.arange(spec.num_samples) / spec.audio_rate
+  angle = _beacon_angle(spec, t, phase)
+  loudness = (1 + np.cos(angle)) / 2, (1 + np.sin(angle)) / 2
+  notes = [sum(np.sin(2 * np.pi * k * pitch * t) / k for k in range(1, _BEACON_HARMONICS + 1)) for pitch in _BEACON_NOTES_HZ]
+  return spec.beacon_level * sum(gain * note for gain, note in zip(loudness, notes))
+
+
+def _render_audio(spec: SyntheticSpec, kind: str, actor: _Object, beacon_phase: float,
+                  rng: np.random.Generator) -> np.ndarray:
   rate, n = spec.audio_rate, spec.num_samples
   # Sounds are placed on a padded buffer so that events before the clip leave their tails in it.
   pad = int(_EDGE_MARGIN_SEC * rate)
@@ -306,6 +354,8 @@ def _render_audio(spec: SyntheticSpec, kind: str, actor: _Object, rng: np.random
     other = EVENT_KINDS[rng.integers(len(EVENT_KINDS))]
     add(other, onset, rng.uniform(*_PITCH_RANGE_HZ[other]))
   audio = audio[pad : pad + n] + _pink_noise(n, spec.audio_noise, rng)
+  if spec.beacon_period_sec:
+    audio += _beacon_hum(spec, beacon_phase)
   return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
@@ -336,8 +386,10 @@ def render_clip(spec: SyntheticSpec, seed: int | Sequence[int]) -> SyntheticClip
         )
     )
   actor_events = objects[0].event_times
-  frames = _render_frames(spec, kind, objects, rng)
-  audio = _render_audio(spec, kind, objects[0], rng)
+  # A random starting angle: where the beacon is tells nothing about where in the clip a window sits.
+  beacon_phase = rng.uniform(0, 2 * np.pi)
+  frames = _render_frames(spec, kind, objects, beacon_phase, rng)
+  audio = _render_audio(spec, kind, objects[0], beacon_phase, rng)
   inside = actor_events[(actor_events >= 0.0) & (actor_events < spec.duration_sec)]
   return SyntheticClip(frames=frames, audio=audio, event_times_sec=inside, label=label)
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100, bbox_inches='tight')
   plt.close(fig)
@@ -37,7 +37,7 @@ def plot_offset_curve(curve, path: str, title: str = '') -> None:
   ax.set_ylabel('offset (s; + = audio early)')
   ax.set_title(title or f'offset over time (applied {curve.applied_offset_sec:+.2f} s)')
   ax.legend(loc='upper right', fontsize=8)
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str, title: str = '') -> None:
@@ -57,7 +57,7 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str, 
   ax.set_xlabel('predicted')
   ax.set_ylabel('target')
   ax.set_title(title)
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def plot_roc(roc: dict[str, Any], auc: float, path: str, title: str = '') -> None:
@@ -70,7 +70,7 @@ def plot_roc(roc: dict[str, Any], auc: float, path: str, title: str = '') -> Non
   ax.set_ylabel('true positive rate')
   ax.set_title(title or 'synchronizability ROC')
   ax.legend(loc='lower right')
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
@@ -120,4 +120,4 @@ def plot_attribution(attribution, path: str, n_frames: int = 8) -> None:
   fig.suptitle(f'{a.name}: explained offset {a.explained_offset_sec:+.2f} s; predicted {p.offset_sec:+.2f} s '
                f'(p={p.prob:.2f}); applied {p.applied_offset_sec:+.2f} s; video window from {a.video_start_sec:.2f} s, '
                f'audio from {a.audio_start_sec:.2f} s', fontsize=10)
-  _save(fig, path)
+  save_figure(fig, path)

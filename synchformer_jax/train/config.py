@@ -138,6 +138,7 @@ def full_size_recipe(c: ConfigDict, variant: str) -> None:
   c.data.build_if_missing = False
   c.data.eval_max_clips = 100_000
   c.data.workers = 8
+  c.data.precomputed_windows = 0  # the original runs its frozen towers on every step
   c.log_every = 20
   c.checkpoint_every = 2000
   if c.stage == 'avclip':

@@ -28,6 +28,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
+from tqdm import tqdm
 
 from synchformer_jax import sharding
 from synchformer_jax.data import loader
@@ -91,7 +92,8 @@ def _write_split(config: ConfigDict, steps: trainer.Trainer, state, mesh, window
   tmp = path + '.tmp'
   writer = ArrayRecordWriter(tmp, 'group_size:1')
   try:
-    for batch in windows:
+    for batch in tqdm(windows, desc=f'tower features ({os.path.basename(path)})', unit='batch',
+                      disable=jax.process_index() != 0):
       mask = np.asarray(batch.pop(loader.MASK_KEY))
       inputs = loader.to_global_batch({k: batch[k] for k in ('video', 'audio')}, mesh, sharding.BATCH_AXES)
       features = extract(state, inputs['video'], inputs['audio'])

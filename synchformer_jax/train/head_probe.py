@@ -6,6 +6,10 @@ audio token carries the event intensity at its own time along one fixed random d
 the audio tokens' times are shifted by the window's offset. Fresh windows are drawn at every step, so the head cannot
 memorise. Correlating the two intensity curves recovers the offset (`cross_correlation_offsets`): a head that does
 not learn from these inputs within a budget is not expected to learn from real towers' tokens within it either.
+
+With `beacon_period_sec` the tokens also carry the synthetic clips' dense cue (`data.synthetic`'s beacon): the
+cosine and sine of a phase that turns once per period, from a random start, along two more random directions per
+modality. That cue is first-order: a head that pools all tokens already sees both streams' phases.
 """
 from __future__ import annotations
 
@@ -42,12 +46,15 @@ class SimulatedEvents:
   """Draws windows of simulated segment tokens: {'vfeat' (B, S, Tv, Dv), 'afeat' (B, S, Ta, Da), 'offset_target'}."""
 
   def __init__(self, cfg: ModelConfig, *, event_rate_hz: float = 1.5, decay_sec: float = 0.06, noise: float = 0.1,
-               seed: int = 0):
+               beacon_period_sec: float = 0.0, seed: int = 0):
     self.rng = np.random.default_rng(seed)
     self.video_times, self.audio_times = token_times(cfg)
     self.video_direction = self.rng.standard_normal(cfg.video.dim).astype(np.float32)
     self.audio_direction = self.rng.standard_normal(cfg.audio.dim).astype(np.float32)
+    self.video_beacon = self.rng.standard_normal((2, cfg.video.dim)).astype(np.float32)
+    self.audio_beacon = self.rng.standard_normal((2, cfg.audio.dim)).astype(np.float32)
     self.event_rate_hz, self.decay_sec, self.noise = event_rate_hz, decay_sec, noise
+    self.beacon_period_sec = beacon_period_sec
 
   def _intensity(self, times: np.ndarray, events: np.ndarray) -> np.ndarray:
     return np.exp(-np.abs(times[..., None] - events) / self.decay_sec).sum(-1)
@@ -65,8 +72,16 @@ class SimulatedEvents:
   def batch(self, size: int) -> dict[str, np.ndarray]:
     targets = self.rng.integers(0, NUM_OFFSET_CLASSES, size)
     video, audio = self.intensities(targets)
-    return {'vfeat': self._embed(video, self.video_direction), 'afeat': self._embed(audio, self.audio_direction),
-            'offset_target': targets}
+    vfeat, afeat = self._embed(video, self.video_direction), self._embed(audio, self.audio_direction)
+    if self.beacon_period_sec:
+      start = self.rng.uniform(0, self.beacon_period_sec, (size, 1, 1))
+      vfeat += self._beacon(start + self.video_times, self.video_beacon)
+      afeat += self._beacon(start + self.audio_times + OFFSETS_SEC[targets][:, None, None], self.audio_beacon)
+    return {'vfeat': vfeat, 'afeat': afeat, 'offset_target': targets}
+
+  def _beacon(self, times: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    phase = 2 * np.pi * times / self.beacon_period_sec
+    return (np.cos(phase)[..., None] * directions[0] + np.sin(phase)[..., None] * directions[1]).astype(np.float32)
 
   def _embed(self, intensity: np.ndarray, direction: np.ndarray) -> np.ndarray:
     tokens = intensity[..., None] * direction

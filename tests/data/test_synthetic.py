@@ -60,7 +60,7 @@ def test_events_are_sparse_in_time_and_space():
   counts = [synthetic.render_clip(synthetic.SyntheticSpec(height=32, width=32), seed).event_times_sec.size for seed in range(40)]
   # Poisson with mean event_rate_hz * 10 s = 4 per clip.
   assert 3.0 < np.mean(counts) < 5.0
-  clip = synthetic.render_clip(synthetic.SyntheticSpec(), 3)
+  clip = synthetic.render_clip(synthetic.SyntheticSpec(beacon_period_sec=0.0), 3)  # the beacon is not sparse
   moving = (clip.frames.max(axis=0).astype(int) - clip.frames.min(axis=0)).max(axis=-1) > 40
   assert moving.mean() < 0.06, 'actor and distractors together cover a few per cent of the frame'
 
@@ -94,10 +94,39 @@ def test_voice_follows_color_ties_pitch_to_the_actor(follows):
   # and the loudest frequency its beep's.
   spec = synthetic.SyntheticSpec(duration_sec=2.0, height=64, width=64, kinds=('flash',), num_distractors=0,
                                  offscreen_sound_rate_hz=0.0, event_rate_hz=3.0, object_size=0.3,
-                                 video_noise=0.0, audio_noise=0.0, voice_follows_color=follows)
+                                 video_noise=0.0, audio_noise=0.0, voice_follows_color=follows, beacon_period_sec=0.0)
   red, pitch = _lamp_red_and_pitch(spec, range(16))
   correlation = np.corrcoef(red, pitch)[0, 1]
   assert (correlation > 0.9) if follows else (abs(correlation) < 0.6), correlation
+
+
+def _beacon_angles(clip: synthetic.SyntheticClip, spec: synthetic.SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
+  """Per frame: the lamp's colour angle, read from the centre pixel, and the hum's, from its two notes' loudness."""
+  rgb = clip.frames[:, spec.height // 2, spec.width // 2].astype(float)
+  video = np.arctan2((rgb[:, 1] - rgb[:, 2]) / np.sqrt(3), rgb[:, 0] - 127.5)
+  samples = spec.audio_rate // spec.fps
+  t = np.arange(samples) / spec.audio_rate
+  frames = clip.audio[: spec.num_frames * samples].reshape(spec.num_frames, samples)
+  window = np.hanning(samples)  # keeps the other note and the harmonics from leaking into a note's bin
+  loudness = [2 * np.abs(frames @ (window * np.exp(-2j * np.pi * note * t))) / window.sum() / spec.beacon_level
+              for note in synthetic._BEACON_NOTES_HZ]  # (1 + cos) / 2 and (1 + sin) / 2
+  audio = np.arctan2(2 * loudness[1] - 1, 2 * loudness[0] - 1)
+  return video, audio
+
+
+def test_beacon_colour_and_hum_follow_one_angle_from_a_random_start():
+  spec = synthetic.SyntheticSpec(height=64, width=64, num_distractors=0, event_rate_hz=0.0, offscreen_sound_rate_hz=0.0,
+                                 video_noise=0.0, audio_noise=0.0, beacon_period_sec=5.0)
+  starts = []
+  for seed in range(3):
+    video, audio = _beacon_angles(synthetic.render_clip(spec, seed), spec)
+    assert np.abs(np.angle(np.exp(1j * (video - audio)))).max() < 0.1, 'the streams show the same angle'
+    turns = np.unwrap(video) / (2 * np.pi)
+    np.testing.assert_allclose(turns[-1] - turns[0], (spec.num_frames - 1) / spec.fps / 5.0, atol=0.02)
+    starts.append(video[0])
+  assert np.ptp(starts) > 0.5, 'each clip starts at its own angle, so the angle does not tell the time'
+  with pytest.raises(ValueError, match='beacon_period_sec'):
+    synthetic.SyntheticSpec(beacon_period_sec=4.0)
 
 
 def test_fixed_offsets_are_grid_values_with_both_windows_inside_the_clip():

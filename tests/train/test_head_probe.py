@@ -26,10 +26,30 @@ def test_simulated_windows_hold_their_offsets():
   assert head_probe.cross_correlation_accuracy(CFG) > 0.95
 
 
+def test_the_beacon_adds_a_phase_that_turns_with_time_and_the_offset():
+  plain = head_probe.SimulatedEvents(CFG, seed=4)
+  with_beacon = head_probe.SimulatedEvents(CFG, seed=4, beacon_period_sec=10.0)
+  a, b = plain.batch(3), with_beacon.batch(3)
+  np.testing.assert_array_equal(a['offset_target'], b['offset_target'])
+  # The event part is the same draw; what is added is the beacon, read back along its two directions.
+  def phase(added, directions):
+    cos_sin = added @ np.linalg.pinv(directions)
+    return np.angle(cos_sin[..., 0] + 1j * cos_sin[..., 1])
+  video_phase = phase(b['vfeat'] - a['vfeat'], with_beacon.video_beacon)
+  audio_phase = phase(b['afeat'] - a['afeat'], with_beacon.audio_beacon)
+  video_times, audio_times = head_probe.token_times(CFG)
+  turn = 2 * np.pi / 10.0
+  # Video: the phase advances with the token's time; audio: also by the window's offset.
+  expected = video_phase[:, :1, :1] + turn * (audio_times - video_times[0, 0] + head_probe.OFFSETS_SEC[b['offset_target']][:, None, None])
+  np.testing.assert_allclose(np.angle(np.exp(1j * (audio_phase - expected))), 0, atol=1e-4)
+  np.testing.assert_allclose(np.angle(np.exp(1j * (video_phase - video_phase[:, :1, :1] - turn * (video_times - video_times[0, 0])))),
+                             0, atol=1e-4)
+
+
 def test_head_probe_benchmark_trains_the_head_and_reports_a_curve():
-  result = profiling.head_probe(CFG, batch=4, steps=4, learning_rate=1e-3, layers=2)
-  assert result['layers'] == 2 and [point['step'] for point in result['curve']] == [1, 2, 3, 4]
+  result = profiling.head_probe(CFG, batch=4, steps=4, learning_rate=1e-3, layers=2, beacon_period_sec=10.0)
+  assert result['layers'] == 2 and result['beacon_period_sec'] == 10.0 and [point['step'] for point in result['curve']] == [1, 2, 3, 4]
   assert all(np.isfinite(point['loss']) and 0 <= point['accuracy_1_tol1'] <= 1 for point in result['curve'])
   row = profiling.markdown_row({'benchmark': 'head-probe', 'command': 'c', 'machine': profiling.machine_description(),
                                 **result})
-  assert 'held-out acc@1' in row and 'cross-correlation acc@1' in row
+  assert 'held-out acc@1' in row and 'cross-correlation acc@1' in row and 'beacon 10 s' in row

@@ -36,7 +36,8 @@ def test_two_processes_log_the_losses_of_one(tmp_path, synthetic_data):
   # Global batches of all 4 training clips; each process reads 2 of every batch.
   command = [sys.executable, str(REPO_ROOT / 'scripts' / 'train.py'), '--config', str(REPO_ROOT / 'configs' / 'sync.py'),
              '--config.total_steps=3', '--config.batch_size=4', '--config.eval_every=3', '--config.checkpoint_every=3',
-             f'--config.data.dir={synthetic_data}', '--config.data.build_if_missing=False', '--config.data.eval_max_clips=4']
+             f'--config.data.dir={synthetic_data}', '--config.data.build_if_missing=False', '--config.data.eval_max_clips=4',
+             '--config.data.precomputed_windows=0']
   multi, single = tmp_path / 'multi', tmp_path / 'single'
   port = _free_port()
   processes = [subprocess.Popen(command + ['--workdir', str(multi), '--multihost', f'--coordinator_address=localhost:{port}',

@@ -23,7 +23,8 @@ def _overrides(data_dir: Path) -> list[str]:
   # 6 steps of 2 of the 4 training clips: 3 epochs, so resuming also crosses epoch boundaries.
   return ['--config.total_steps=6', '--config.batch_size=2', '--config.checkpoint_every=2',
           '--config.eval_every=1000', '--config.data.eval_max_clips=2', f'--config.data.dir={data_dir}',
-          '--config.data.build_if_missing=False', '--config.keep_checkpoints=10']
+          '--config.data.build_if_missing=False', '--config.keep_checkpoints=10',
+          '--config.data.precomputed_windows=0']  # the towers on every step: the loader's state is resumed too
 
 
 def _step_losses(workdir: Path) -> dict[int, float]:
