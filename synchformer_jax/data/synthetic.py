@@ -325,7 +325,8 @@ def _beacon_hum(spec: SyntheticSpec, phase: float) -> np.ndarray:
   t = np.arange(spec.num_samples) / spec.audio_rate
   angle = _beacon_angle(spec, t, phase)
   loudness = (1 + np.cos(angle)) / 2, (1 + np.sin(angle)) / 2
-  notes = [sum(np.sin(2 * np.pi * k * pitch * t) / k for k in range(1, _BEACON_HARMONICS + 1)) for pitch in _BEACON_NOTES_HZ]
+  harmonics = np.arange(1, _BEACON_HARMONICS + 1)
+  notes = [sum(np.sin(2 * np.pi * k * pitch * t) / k for k in harmonics) for pitch in _BEACON_NOTES_HZ]
   return spec.beacon_level * sum(gain * note for gain, note in zip(loudness, notes))
 
 

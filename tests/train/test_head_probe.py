@@ -38,17 +38,21 @@ def test_the_beacon_adds_a_phase_that_turns_with_time_and_the_offset():
   video_phase = phase(b['vfeat'] - a['vfeat'], with_beacon.video_beacon)
   audio_phase = phase(b['afeat'] - a['afeat'], with_beacon.audio_beacon)
   video_times, audio_times = head_probe.token_times(CFG)
-  turn = 2 * np.pi / 10.0
+  offsets = head_probe.OFFSETS_SEC[b['offset_target']][:, None, None]
+  start, turn = video_phase[:, :1, :1], 2 * np.pi / 10.0
+
+  def assert_same_angle(actual, expected):
+    np.testing.assert_allclose(np.angle(np.exp(1j * (actual - expected))), 0, atol=1e-4)
+
   # Video: the phase advances with the token's time; audio: also by the window's offset.
-  expected = video_phase[:, :1, :1] + turn * (audio_times - video_times[0, 0] + head_probe.OFFSETS_SEC[b['offset_target']][:, None, None])
-  np.testing.assert_allclose(np.angle(np.exp(1j * (audio_phase - expected))), 0, atol=1e-4)
-  np.testing.assert_allclose(np.angle(np.exp(1j * (video_phase - video_phase[:, :1, :1] - turn * (video_times - video_times[0, 0])))),
-                             0, atol=1e-4)
+  assert_same_angle(video_phase, start + turn * (video_times - video_times[0, 0]))
+  assert_same_angle(audio_phase, start + turn * (audio_times - video_times[0, 0] + offsets))
 
 
 def test_head_probe_benchmark_trains_the_head_and_reports_a_curve():
   result = profiling.head_probe(CFG, batch=4, steps=4, learning_rate=1e-3, layers=2, beacon_period_sec=10.0)
-  assert result['layers'] == 2 and result['beacon_period_sec'] == 10.0 and [point['step'] for point in result['curve']] == [1, 2, 3, 4]
+  assert result['layers'] == 2 and result['beacon_period_sec'] == 10.0
+  assert [point['step'] for point in result['curve']] == [1, 2, 3, 4]
   assert all(np.isfinite(point['loss']) and 0 <= point['accuracy_1_tol1'] <= 1 for point in result['curve'])
   row = profiling.markdown_row({'benchmark': 'head-probe', 'command': 'c', 'machine': profiling.machine_description(),
                                 **result})
