@@ -39,6 +39,8 @@ from collections.abc import Sequence
 import av
 import numpy as np
 
+from synchformer_jax.data.transforms import MAX_OFFSET_SEC
+
 # Index = class label. Each kind has its own sound: bounce -> thud, hammer -> click, flash -> beep.
 EVENT_KINDS = ('bounce', 'hammer', 'flash')
 
@@ -55,7 +57,7 @@ _FLASH_DECAY_SEC = 0.08  # lamp brightness (and beep loudness) decay constant
 # the clip (or ends after it) is as frequent at the edges as in the middle.
 _EDGE_MARGIN_SEC = 1.0
 _NOISE_GRID = 9  # the luminance flicker lives on a 9x9 grid, upsampled bilinearly
-_OFFSET_SPAN_SEC = 4.0  # offsets run from -2 to +2 s
+_OFFSET_SPAN_SEC = 2 * MAX_OFFSET_SEC  # offsets run from -2 to +2 s
 _BEACON_SIZE = 0.45  # lamp diameter, as a fraction of the frame's short side
 _BEACON_NOTES_HZ = (220.0, 330.0)
 _BEACON_HARMONICS = 8

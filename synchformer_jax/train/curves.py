@@ -8,13 +8,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from synchformer_jax.inference.plots import plt, save_figure
+from synchformer_jax.train.metrics import METRICS_FILE
 
 
 def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
   """(training records, evaluation records) of a run; evaluation keys start with 'eval/'."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no metrics.jsonl (is {workdir} a training workdir?)')
+    raise FileNotFoundError(f'{path}: no {METRICS_FILE} (is {workdir} a training workdir?)')
   with open(path) as f:
     records = [json.loads(line) for line in f if line.strip()]
   train = [r for r in records if 'loss' in r]

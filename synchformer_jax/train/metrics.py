@@ -82,13 +82,16 @@ def segment_retrieval(vfeat: np.ndarray, afeat: np.ndarray) -> dict[str, float]:
           'a2v_recall_1': float(np.mean(np.argmax(sim, axis=0) == target))}
 
 
+METRICS_FILE = 'metrics.jsonl'  # in a run's workdir: one JSON object per logged step
+
+
 class MetricWriter:
   """Per-step metrics to `metrics.jsonl` (one object per line) and to TensorBoard event files."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     """`enabled=False` (every process of a multi-host run but the first) writes nothing."""
     from tensorboardX import SummaryWriter  # imported here: only training writes events
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, METRICS_FILE)
     self.enabled = enabled
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard')) if enabled else None
 

@@ -37,6 +37,7 @@ def new_clips(tmp_path_factory):
 
 
 def _predict_rows(checkpoint, clips, script_env, tmp_path) -> list[dict]:
+  """predict.py's batch results for every clip at every offset in OFFSETS_SEC."""
   listing, out = tmp_path / f'{checkpoint.name}_rows.csv', tmp_path / f'{checkpoint.name}_results.csv'
   with open(listing, 'w', newline='') as f:
     writer = csv.writer(f)
@@ -50,13 +51,18 @@ def _predict_rows(checkpoint, clips, script_env, tmp_path) -> list[dict]:
   return rows
 
 
+@pytest.fixture(scope='module')
+def trained_rows(trained_dir, new_clips, script_env, tmp_path_factory) -> list[dict]:
+  return _predict_rows(trained_dir, new_clips, script_env, tmp_path_factory.mktemp('trained_rows'))
+
+
 def _errors_in_classes(rows) -> np.ndarray:
   return np.array([abs(float(r['pred_offset_sec']) - float(r['offset_sec'])) / CLASS_SEC for r in rows]).round()
 
 
-def test_trained_model_recovers_applied_offsets_and_an_untrained_one_does_not(trained_dir, tiny_sync_dir, new_clips,
+def test_trained_model_recovers_applied_offsets_and_an_untrained_one_does_not(trained_rows, tiny_sync_dir, new_clips,
                                                                               script_env, tmp_path):
-  trained = _errors_in_classes(_predict_rows(trained_dir, new_clips, script_env, tmp_path))
+  trained = _errors_in_classes(trained_rows)
   untrained = _errors_in_classes(_predict_rows(tiny_sync_dir, new_clips, script_env, tmp_path))
   # 27 windows; on the synthetic test split this model gets acc@1 70 %, ±1 class 100 % (BENCHMARKS.md).
   assert np.mean(trained <= 1) >= 0.85, trained
@@ -64,13 +70,12 @@ def test_trained_model_recovers_applied_offsets_and_an_untrained_one_does_not(tr
   assert np.mean(untrained <= 1) <= 0.4, untrained
 
 
-def test_offset_sec_flag_gives_the_batch_rows_prediction(trained_dir, new_clips, script_env, tmp_path):
-  rows = _predict_rows(trained_dir, new_clips[:1], script_env, tmp_path)
+def test_offset_sec_flag_gives_the_batch_rows_prediction(trained_dir, trained_rows, new_clips, script_env):
   proc = run_script('predict.py', '--checkpoint', trained_dir, '--video', new_clips[0], '--offset_sec', 1.0,
                     '--v_start_sec', V_START_SEC, '--json', env=script_env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   single = json.loads(proc.stdout)
-  row = next(r for r in rows if float(r['offset_sec']) == 1.0)
+  row = next(r for r in trained_rows if r['path'] == str(new_clips[0]) and float(r['offset_sec']) == 1.0)
   assert single['applied_offset_sec'] == 1.0
   assert single['top_k'][0]['class'] == int(row['pred_class'])
   np.testing.assert_allclose(single['top_k'][0]['prob'], float(row['prob']), atol=1e-5)
