@@ -9,7 +9,8 @@ The window is the one predict.py sees with the same arguments; the predicted off
 import argparse
 
 import synchformer_jax
-from synchformer_jax.inference import attribution, cli, plots
+from synchformer_jax import plots
+from synchformer_jax.inference import attribution, cli
 
 
 def parse_args(argv=None):

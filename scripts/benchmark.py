@@ -42,30 +42,30 @@ def main(argv=None) -> int:
   if args.onednn_dots:
     cpu.use_onednn_dots()  # before anything initialises JAX's backends
 
-  from synchformer_jax import profiling  # imports JAX
+  from synchformer_jax.benchmarks import harness, report, suites  # imports JAX
   from synchformer_jax.models.config import config_for_size
   stage = 'sync' if args.benchmark == 'stage2-forward' and args.stage == 'avclip' else args.stage
   cfg = config_for_size(stage, args.size, dtype=args.dtype, remat=args.remat, remat_policy=args.remat_policy)
   setting = {'stage': stage, 'size': args.size, 'batch': args.batch, 'dtype': args.dtype}
   if args.benchmark == 'stage2-forward':
     measured = {**setting, 'segments': cfg.transformer.n_segments,
-                **profiling.stage2_forward(cfg, args.batch, args.repeats)}
+                **suites.stage2_forward(cfg, args.batch, args.repeats)}
   elif args.benchmark == 'train-step':
     measured = {**setting, 'remat': args.remat and args.remat_policy,
-                **profiling.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}
+                **suites.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}
   elif args.benchmark == 'flops':
-    measured = {**setting, **profiling.forward_flops_check(cfg, args.batch)}
+    measured = {**setting, **suites.forward_flops_check(cfg, args.batch)}
   elif args.benchmark == 'head-probe':
-    measured = {**setting, **profiling.head_probe(cfg, args.batch, args.steps, args.learning_rate, args.layers,
+    measured = {**setting, **suites.head_probe(cfg, args.batch, args.steps, args.learning_rate, args.layers,
                                                          args.beacon_period)}
   else:
     measured = {**setting, 'workers': args.workers,
-                **profiling.loader_benchmark(stage, args.size, args.batch, args.workers, args.batches, args.data_dir)}
+                **suites.loader_benchmark(stage, args.size, args.batch, args.workers, args.batches, args.data_dir)}
   command = 'python scripts/benchmark.py ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-  result = {'benchmark': args.benchmark, **measured, 'machine': profiling.machine_description(), 'command': command}
+  result = {'benchmark': args.benchmark, **measured, 'machine': harness.machine_description(), 'command': command}
   text = json.dumps(result, indent=1)
   print(text)
-  print(profiling.markdown_row(result))
+  print(report.markdown_row(result))
   if args.out:
     with open(args.out, 'w') as f:
       f.write(text + '\n')

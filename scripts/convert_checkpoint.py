@@ -10,7 +10,9 @@ import json
 import logging
 import sys
 
-from synchformer_jax.conversion import CheckpointError, TARGETS, convert_checkpoint, export_torch_checkpoint
+from synchformer_jax.conversion import convert_checkpoint, export_torch_checkpoint
+from synchformer_jax.errors import InputError
+from synchformer_jax.models import TARGETS
 from synchformer_jax.models.config import SIZES
 
 
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
                                       allow_missing=args.allow_missing, allow_unused=args.allow_unused,
                                       overwrite=args.overwrite)
       print(json.dumps({'dst': args.dst, **conversion.report()}, indent=1))
-  except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+  except (InputError, FileExistsError) as e:  # a bad source, or a destination that is taken
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -13,8 +13,10 @@ import json
 import os
 
 import synchformer_jax
-from synchformer_jax.data.transforms import OFFSET_GRID
-from synchformer_jax.inference import cli, evaluation, plots
+from synchformer_jax import plots
+from synchformer_jax.constants import OFFSET_GRID
+from synchformer_jax.errors import InputError
+from synchformer_jax.inference import cli, evaluation
 
 
 def parse_args(argv=None):
@@ -38,7 +40,7 @@ def main(argv=None):
   args = parse_args(argv)
   model = synchformer_jax.load(args.checkpoint, dtype=args.dtype)
   if args.synchronizability and model.cfg.kind != 'synchability':
-    raise ValueError(f'{args.checkpoint}: --synchronizability needs a synchronizability checkpoint, '
+    raise InputError(f'{args.checkpoint}: --synchronizability needs a synchronizability checkpoint, '
                      f'this one is {model.cfg.kind!r}')
   report = evaluation.evaluate(model, args.dataset, args.split, args.data_dir, iter_times=args.iter_times,
                                batch_size=args.batch_size, random_offsets=args.random_offsets, seed=args.seed,

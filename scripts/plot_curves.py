@@ -6,7 +6,8 @@
 import argparse
 import sys
 
-from synchformer_jax.train.curves import plot_training_curves
+from synchformer_jax.plots import plot_training_curves
+from synchformer_jax.train.metric_log import read_metrics
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -26,7 +27,8 @@ def main(argv=None) -> int:
   parser.add_argument('--out', required=True, help='the PNG to write')
   args = parser.parse_args(argv)
   chance = {label: float(value) for label, value in _pairs(args.chance, '--chance').items()}
-  plot_training_curves(_pairs(args.run, '--run'), args.out, chance_loss=chance)
+  runs = {label: read_metrics(workdir) for label, workdir in _pairs(args.run, '--run').items()}
+  plot_training_curves(runs, args.out, chance_loss=chance)
   print(args.out)
   return 0
 

@@ -8,7 +8,8 @@
 
 `--offset_sec` starts the audio that much later than the video (an artificial offset the model should find).
 Files longer than 10 s get sliding windows unless --no-sliding; --search_range_sec finds offsets beyond ±2 s.
-A --csv has a header `path[,offset_sec,v_start_sec]`; a batch writes one row per file, failures included.
+A --csv has a header `path[,offset_sec,v_start_sec]`; a batch writes one row per file, failures included,
+and exits with status 1 when any file failed.
 """
 import argparse
 import dataclasses
@@ -17,8 +18,10 @@ import os
 import sys
 
 import synchformer_jax
-from synchformer_jax.inference import attribution, cli, files, plots
-from synchformer_jax.inference.api import DEFAULT_CHUNK_SIZE
+from synchformer_jax import plots
+from synchformer_jax.errors import InputError
+from synchformer_jax.inference import attribution, batch, cli
+from synchformer_jax.inference.compiled import DEFAULT_CHUNK_SIZE
 
 
 def parse_args(argv=None):
@@ -48,14 +51,14 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def predict_options(args) -> files.PredictOptions:
+def predict_options(args) -> batch.PredictOptions:
   if args.search_range_sec is not None:
     if args.sliding:
-      raise ValueError('--search_range_sec and --sliding are different modes; choose one')
+      raise InputError('--search_range_sec and --sliding are different modes; choose one')
     mode = 'search'
   else:
     mode = {None: 'auto', True: 'sliding', False: 'single'}[args.sliding]
-  return files.PredictOptions(mode=mode, hop_sec=args.hop_sec, search_range_sec=args.search_range_sec or 0.0,
+  return batch.PredictOptions(mode=mode, hop_sec=args.hop_sec, search_range_sec=args.search_range_sec or 0.0,
                               search_step_sec=args.search_step_sec, top_k=args.top_k, chunk_size=args.chunk_size,
                               original_decoder=args.original_decoder)
 
@@ -63,29 +66,32 @@ def predict_options(args) -> files.PredictOptions:
 def main(argv=None):
   args = parse_args(argv)
   options = predict_options(args)
-  batch = args.video is None
-  if batch:
+  is_batch = args.video is None
+  if is_batch:
     if args.plot or args.explain:
-      raise ValueError('--plot and --explain draw one file; a batch writes only the results CSV')
+      raise InputError('--plot and --explain draw one file; a batch writes only the results CSV')
     if args.csv:
-      items = files.items_from_csv(args.csv)
+      items = batch.items_from_csv(args.csv)
     else:
-      items = files.items_in_directory(args.video_dir, args.offset_sec, args.v_start_sec)
+      items = batch.items_in_directory(args.video_dir, args.offset_sec, args.v_start_sec)
   else:
-    item = files.FileItem(args.video, args.offset_sec, args.v_start_sec)
+    item = batch.FileItem(args.video, args.offset_sec, args.v_start_sec)
     # Resolved (and the file opened) before loading the model, so that a bad file fails fast.
-    options = dataclasses.replace(options, mode=files.resolve_mode(args.video, options.mode, args.original_decoder))
+    options = dataclasses.replace(options, mode=batch.resolve_mode(args.video, options.mode, args.original_decoder))
     if args.explain and options.mode != 'single':
-      raise ValueError(f'--explain explains one window; this run is in {options.mode} mode (use --no-sliding)')
+      raise InputError(f'--explain explains one window; this run is in {options.mode} mode (use --no-sliding)')
     if args.plot and options.mode != 'sliding':
-      raise ValueError(f'--plot draws the sliding windows; this run is in {options.mode} mode (use --sliding)')
+      raise InputError(f'--plot draws the sliding windows; this run is in {options.mode} mode (use --sliding)')
   model = synchformer_jax.load(args.checkpoint, dtype=args.dtype)
 
-  if batch:
-    failed = files.write_results_csv(files.predict_files(model, items, options), args.out)
+  if is_batch:
+    failed = batch.write_results_csv(batch.predict_files(model, items, options), args.out)
     print(f'{len(items)} files, {failed} failed: {args.out}')
-    return 0
-  mode, result = files.predict_file(model, item, options)
+    if failed:
+      print(f'error: {failed} of {len(items)} files failed; their errors are in the `error` column of {args.out}',
+            file=sys.stderr)
+    return 1 if failed else 0
+  mode, result = batch.predict_file(model, item, options)
   if args.json:
     print(json.dumps({'video': args.video, 'mode': mode, **result.to_dict(args.top_k)}, indent=1))
   else:

@@ -22,9 +22,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from synchformer_jax.errors import InputError
+
 FORMAT_VERSION = 1
 METADATA_FILE = 'synchformer_jax.json'
 PARAMS_DIR = 'params'
+
+
+class ModelDirectoryError(InputError):
+  """A path that is not a readable model directory; the message names it and what is wrong."""
 
 
 @contextlib.contextmanager
@@ -60,18 +66,27 @@ def save_model_dir(destination: str, params: dict[str, Any], metadata: dict[str,
 def read_metadata(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, METADATA_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{directory}: not a synchformer_jax model directory (no {METADATA_FILE})')
+    raise ModelDirectoryError(f'{directory}: not a synchformer_jax model directory (no {METADATA_FILE})')
   with open(path) as f:
-    metadata = json.load(f)
+    try:
+      metadata = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ModelDirectoryError(f'{path}: not valid JSON ({e})') from e
   if metadata.get('format_version') != FORMAT_VERSION:
-    raise ValueError(f'{path}: format_version {metadata.get("format_version")!r}, expected {FORMAT_VERSION}')
+    raise ModelDirectoryError(f'{path}: format_version {metadata.get("format_version")!r}, expected {FORMAT_VERSION}')
   return metadata
 
 
 def load_params(directory: str, target: dict[str, Any] | None = None) -> dict[str, Any]:
   """The flat parameters of a model directory; with `target` (abstract arrays) restored to its shardings."""
+  path = os.path.join(os.path.abspath(directory), PARAMS_DIR)
+  if not os.path.isdir(path):
+    raise ModelDirectoryError(f'{directory}: no {PARAMS_DIR}/ (a model directory holds its parameters there)')
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR), target)
+    try:
+      return checkpointer.restore(path, target)
+    except (ValueError, KeyError, OSError) as e:  # damaged files, or parameters of other names or shapes
+      raise ModelDirectoryError(f'{directory}: unreadable parameters ({type(e).__name__}: {e})') from e
 
 
 def _is_key(x) -> bool:

@@ -79,3 +79,13 @@ def create_sharded(build: Callable[[], Any], mesh: Mesh, rules=LOGICAL_RULES) ->
   shardings = state_shardings(abstract_state, mesh, rules)
   state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
   return nnx.merge(graphdef, state)
+
+
+def to_global_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Every process's local batch (numpy arrays) as global arrays split over the mesh's batch axes.
+
+  The leading (batch) dimension of each local array is this process's share; the global batch is the
+  concatenation over processes in process order.
+  """
+  sharding = batch_sharding(mesh)
+  return {name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()}

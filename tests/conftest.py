@@ -82,13 +82,15 @@ _LONGEST_FIRST = (
     'tests/train/test_multihost.py::',
     'tests/train/test_resume.py::test_sigterm_and_sigkill',
     'tests/train/test_features.py::',
+    'tests/train/test_stages.py::test_stage1_then_the_fine_tune',
+    'tests/benchmarks/test_head_probe.py::test_with_the_beacon',
     'tests/parity/test_models_vs_reference.py::test_model_vs_reference[sync_full]',
     'tests/train/test_sharding.py::test_stage2',
     'tests/train/test_sharding.py::test_stage1',
     'tests/parity/test_models_vs_reference.py::test_model_vs_reference[avclip_full]',
     'tests/test_models.py::test_every_remat_policy_gives_the_same_gradients',
     'tests/train/test_loop.py::test_nan_loss',
-    'tests/test_profiling.py::test_train_step_benchmark',
+    'tests/benchmarks/test_harness.py::test_train_step_benchmark',
 )
 
 

@@ -10,7 +10,8 @@ import pytest
 
 import synchformer_jax
 from synchformer_jax.conversion import CheckpointError, convert_checkpoint, export_torch_checkpoint, read_source
-from synchformer_jax.conversion.convert import convert, stored_variables
+from synchformer_jax.conversion.convert import convert
+from synchformer_jax.models import stored_variables
 from tests.conftest import REPO_ROOT, SHARED_DIR, require_fixture, require_torch
 
 CASES = SHARED_DIR / 'parity' / 'cases'
@@ -48,19 +49,49 @@ def _save(torch, obj, path: Path) -> str:
   return str(path)
 
 
-def _flax_params_equal_source(conversion, sd, prefix_map=()):
-  """Every converted parameter equals the source tensor(s) it came from, after the layout change."""
-  from synchformer_jax.conversion.convert import target_rules
-  from synchformer_jax.conversion import mapping
-  for rule in target_rules(conversion.target, conversion.config):
-    name = '.'.join(map(str, rule.path))
-    if name in conversion.missing:
-      continue
-    sources = list(rule.sources)
-    for old, new in prefix_map:
-      sources = [new + s[len(old):] if s.startswith(old) else s for s in sources]
-    expected = mapping.to_flax(rule, [sd[s] for s in sources], conversion.params[name].shape)
-    np.testing.assert_array_equal(conversion.params[name], expected, err_msg=name)
+def _fused_qkv(sd, prefix, names=('query', 'key', 'value')):
+  """Separate q, k, v nn.Linear layers as one (in, 3·out) kernel and its bias, q | k | v."""
+  kernel = np.concatenate([sd[f'{prefix}{n}.weight'].T for n in names], axis=1)
+  return kernel, np.concatenate([sd[f'{prefix}{n}.bias'] for n in names])
+
+
+def _assert_known_values(params, sd, *, src_v=None, src_a=None, dst_v='vfeat_extractor.', dst_a='afeat_extractor.',
+                         head=False):
+  """Parameters at known places hold their source tensors, by the original modules' conventions written out here
+  (not through the converter's tables): an nn.Linear weight (out, in) is an (in, out) kernel, a LayerNorm weight a
+  scale, HF AST's separate query / key / value one fused q|k|v kernel, a Conv2d weight (O, I, H, W) an (H, W, I, O)
+  kernel, and embedding tables and tokens stay as they are."""
+  expected = {}
+  if src_v is not None:
+    b = src_v + 'blocks.0.'
+    expected |= {dst_v + 'blocks.0.attn.qkv.kernel': sd[b + 'attn.qkv.weight'].T,
+                 dst_v + 'blocks.0.attn.qkv.bias': sd[b + 'attn.qkv.bias'],
+                 dst_v + 'blocks.0.timeattn.proj.kernel': sd[b + 'timeattn.proj.weight'].T,
+                 dst_v + 'blocks.0.mlp.fc2.kernel': sd[b + 'mlp.fc2.weight'].T,
+                 dst_v + 'blocks.0.norm3.scale': sd[b + 'norm3.weight'],
+                 dst_v + 'pos_embed': sd[src_v + 'pos_embed'], dst_v + 'cls_token': sd[src_v + 'cls_token']}
+  if src_a is not None:
+    layer = src_a + 'encoder.layer.0.'
+    kernel, bias = _fused_qkv(sd, layer + 'attention.attention.')
+    expected |= {dst_a + 'layers.0.attn.qkv.kernel': kernel, dst_a + 'layers.0.attn.qkv.bias': bias,
+                 dst_a + 'layers.0.attn.proj.kernel': sd[layer + 'attention.output.dense.weight'].T,
+                 dst_a + 'layers.0.mlp.fc1.kernel': sd[layer + 'intermediate.dense.weight'].T,
+                 dst_a + 'layers.0.norm1.scale': sd[layer + 'layernorm_before.weight'],
+                 dst_a + 'patch_embed.kernel': sd[src_a + 'embeddings.patch_embeddings.projection.weight'].transpose(2, 3, 1, 0)}
+  if head:
+    kernel, bias = _fused_qkv(sd, 'transformer.blocks.0.attn.')
+    expected |= {'transformer.blocks.0.attn.qkv.kernel': kernel, 'transformer.blocks.0.attn.qkv.bias': bias,
+                 'transformer.blocks.0.mlp.fc1.kernel': sd['transformer.blocks.0.mlp.0.weight'].T,
+                 'transformer.blocks.0.norm2.scale': sd['transformer.blocks.0.ln2.weight'],
+                 'transformer.pos_emb': sd['transformer.pos_emb_cfg.pos_emb'],
+                 'transformer.off_head.kernel': sd['transformer.off_head.weight'].T,
+                 'vproj.kernel': sd['vproj.weight'].T, 'aproj.bias': sd['aproj.bias']}
+  assert expected
+  for name, value in expected.items():
+    np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
+SYNC_SOURCE = dict(src_v='vfeat_extractor.', src_a='afeat_extractor.ast.', head=True)
 
 
 # ---- each checkpoint kind -------------------------------------------------------------------------------
@@ -72,7 +103,7 @@ def test_stage2_checkpoint_with_omegaconf_args(sync_checkpoint, sync_sd, tmp_pat
   conversion = convert_checkpoint(str(sync_checkpoint), str(tmp_path / 'm'))
   assert (conversion.target, conversion.missing, conversion.unused) == ('sync', [], [])
   assert conversion.config.video.crop == 64 and conversion.config.video.heads == 4  # matched the tiny size
-  _flax_params_equal_source(conversion, sync_sd)
+  _assert_known_values(conversion.params, sync_sd, **SYNC_SOURCE)
   model = synchformer_jax.load(str(tmp_path / 'm'))
   for name, var in stored_variables(model).items():
     np.testing.assert_array_equal(np.asarray(var.get_value()), conversion.params[name], err_msg=name)
@@ -85,14 +116,15 @@ def test_stage1_checkpoint_with_and_without_module_prefix(torch, avclip_sd, tmp_
                        'optimizer': {'state': {}}, 'metrics': {'sync_w_shifts': 0.5}}, tmp_path / 'epoch_best.pt')
   conversion = convert_checkpoint(path, str(tmp_path / 'm'))
   assert (conversion.target, conversion.missing, conversion.unused) == ('avclip', [], [])
-  _flax_params_equal_source(conversion, avclip_sd)
+  _assert_known_values(conversion.params, avclip_sd, src_v='v_encoder.', src_a='a_encoder.ast.', dst_v='v_encoder.',
+                       dst_a='a_encoder.')
 
 
 def test_bare_state_dict_as_downstream_projects_ship_it(torch, sync_sd, tmp_path):
   path = _save(torch, sync_sd, tmp_path / 'synchformer_state_dict.pth')
   conversion = convert_checkpoint(path, str(tmp_path / 'm'))
   assert (conversion.target, conversion.missing, conversion.unused) == ('sync', [], [])
-  _flax_params_equal_source(conversion, sync_sd)
+  _assert_known_values(conversion.params, sync_sd, **SYNC_SOURCE)
 
 
 def _hf_ast_state_dict(sync_sd):
@@ -124,7 +156,9 @@ def test_hf_ast_initialisation(torch, sync_sd, tmp_path, suffix):
   assert conversion.missing and all(m.startswith('freq_attn_agg.') for m in conversion.missing)
   assert sorted(conversion.unused) == sorted(k for k in sd if k.startswith('classifier.'))
   assert conversion.truncated == ['ast.embeddings.position_embeddings: 1214 → 74 rows']
-  _flax_params_equal_source(conversion, sd, prefix_map=[('ast.', 'audio_spectrogram_transformer.')])
+  _assert_known_values(conversion.params, sd, src_a='audio_spectrogram_transformer.', dst_a='')
+  np.testing.assert_array_equal(conversion.params['position_embeddings'],
+                                sd['audio_spectrogram_transformer.embeddings.position_embeddings'][:, :74])
   tower = synchformer_jax.load(str(tmp_path / 'm'))
   assert type(tower).__name__ == 'AST'
 
@@ -139,7 +173,7 @@ def test_motionformer_ssv2_initialisation(torch, sync_sd, tmp_path):
   assert conversion.target == 'motionformer'
   assert conversion.missing and all(m.startswith('spatial_attn_agg.') for m in conversion.missing)
   assert conversion.unused == ['head.bias', 'head.weight']
-  _flax_params_equal_source(conversion, sd)
+  _assert_known_values(conversion.params, sd, src_v='', dst_v='')
 
 
 def test_stage2_into_synchronizability_keeps_leading_position_rows(sync_checkpoint, sync_sd, tmp_path):
@@ -163,8 +197,7 @@ def test_stage1_into_stage2_needs_the_flag_and_keeps_the_towers(torch, avclip_sd
   conversion = convert(source, 'sync', allow_missing=True, allow_unused=True)
   assert conversion.unused == ['logit_scale']
   assert all(m.startswith(('vproj.', 'aproj.', 'transformer.')) for m in conversion.missing)
-  _flax_params_equal_source(conversion, avclip_sd,
-                            prefix_map=[('vfeat_extractor.', 'v_encoder.'), ('afeat_extractor.', 'a_encoder.')])
+  _assert_known_values(conversion.params, avclip_sd, src_v='v_encoder.', src_a='a_encoder.ast.')
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 
-from synchformer_jax import checkpointing
-from synchformer_jax.conversion.convert import (TARGETS, Conversion, SourceCheckpoint, convert, infer_config,
-                                                read_source, to_original_state_dict)
+from synchformer_jax import checkpointing, pretrained
+from synchformer_jax.conversion.convert import (Conversion, SourceCheckpoint, convert, infer_config, read_source,
+                                                to_original_state_dict)
 from synchformer_jax.conversion.torch_io import CheckpointError, save_torch_file
+from synchformer_jax.models import MODEL_KINDS
 from synchformer_jax.models.config import ModelConfig
 
 
@@ -31,12 +32,10 @@ def export_torch_checkpoint(model_dir: str, dst: str) -> str:
   Stage II / synchronizability: `{'model': state_dict, ...}` (what the original's `example.py` loads);
   Stage I: `{'state_dict': {'module.' + key: ...}, ...}` as its DDP training writes it.
   """
-  metadata = checkpointing.read_metadata(model_dir)
-  target = metadata['target']
-  if target not in ('sync', 'synchability', 'avclip'):
+  target, cfg = pretrained.read_config(model_dir)
+  if target not in MODEL_KINDS:
     raise CheckpointError(f'{model_dir}: holds a single {target} tower; only whole models (sync, synchability, '
                           'avclip) have an original checkpoint layout to export to')
-  cfg = ModelConfig.from_dict(metadata['config'])
   state_dict = to_original_state_dict(target, cfg, checkpointing.load_params(model_dir))
   if target == 'avclip':
     ckpt = {'epoch': 0, 'name': 'synchformer_jax', 'state_dict': {'module.' + k: v for k, v in state_dict.items()}}

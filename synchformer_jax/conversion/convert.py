@@ -30,15 +30,12 @@ from flax import nnx
 
 from synchformer_jax.conversion import mapping
 from synchformer_jax.conversion.torch_io import CheckpointError, load_torch_file, opaque_to_plain
-from synchformer_jax.models import TOWERS, build_model
+from synchformer_jax.models import TARGETS, TOWERS, build_target, stored_variables
 from synchformer_jax.models.config import (SIZE_PARAMS, AudioTowerConfig, ModelConfig, SyncTransformerConfig,
                                            VideoTowerConfig, config_for_size)
-from synchformer_jax.models.layers import Buffer
 
 log = logging.getLogger(__name__)
 
-TARGETS = ('sync', 'synchability', 'avclip', 'motionformer', 'ast')
-TOWER_TARGETS = TOWERS
 # Key prefixes each target's rules use for its towers.
 _TOWER_PREFIX = {'sync': ('vfeat_extractor.', 'afeat_extractor.'), 'synchability': ('vfeat_extractor.', 'afeat_extractor.'),
                  'avclip': ('v_encoder.', 'a_encoder.')}
@@ -142,7 +139,7 @@ def infer_config(source: SourceCheckpoint, target: str, size: str | None = None)
   transformer's heads from the checkpoint's `args` when present, and what shapes cannot tell (tower heads,
   crop) from the named size whose shapes match, else the published values (64-d heads, 224 px).
   """
-  kind = 'avclip' if target in TOWER_TARGETS else target
+  kind = 'avclip' if target in TOWERS else target
   if size is not None:
     return config_for_size(kind, size)
   sd, path = source.state_dict, source.path
@@ -214,7 +211,7 @@ def _keys_for_target(source: SourceCheckpoint, target: str) -> dict[str, np.ndar
   if source.kind == 'motionformer' or target in ('sync', 'synchability', 'avclip') and source.kind == target:
     return sd
   src_v, src_a = _TOWER_PREFIX['avclip' if source.kind == 'avclip' else 'sync']
-  dst_v, dst_a = ('', '') if target in TOWER_TARGETS else _TOWER_PREFIX[target]
+  dst_v, dst_a = ('', '') if target in TOWERS else _TOWER_PREFIX[target]
   keep = {'motionformer': (src_v,), 'ast': (src_a,)}.get(target, (src_v, src_a))
   renamed = {}
   for k, v in sd.items():
@@ -228,22 +225,12 @@ def _keys_for_target(source: SourceCheckpoint, target: str) -> dict[str, np.ndar
 
 # ---- conversion ---------------------------------------------------------------------------------------------
 
-def build_target(target: str, cfg: ModelConfig, seed: int = 0) -> nnx.Module:
-  """A fresh module for a conversion target (the full model, or one tower for the Stage I inits)."""
-  return build_model(cfg, seed, tower=target if target in TOWER_TARGETS else None)
-
-
 def target_rules(target: str, cfg: ModelConfig) -> list[mapping.Rule]:
-  return mapping.tower_rules(target, cfg) if target in TOWER_TARGETS else mapping.model_rules(cfg)
+  return mapping.tower_rules(target, cfg) if target in TOWERS else mapping.model_rules(cfg)
 
 
 def dotted(path: tuple) -> str:
   return '.'.join(map(str, path))
-
-
-def stored_variables(module: nnx.Module) -> dict[str, nnx.Variable]:
-  """Every parameter and buffer a checkpoint holds, by dotted path."""
-  return {dotted(path): var for path, var in nnx.to_flat_state(nnx.state(module, (nnx.Param, Buffer)))}
 
 
 def convert(source: SourceCheckpoint, target: str | None = None, *, size: str | None = None,
@@ -252,7 +239,7 @@ def convert(source: SourceCheckpoint, target: str | None = None, *, size: str | 
   """Converts a loaded original checkpoint into Flax parameters of `target` (default: the source's own kind)."""
   target = target or source.default_target
   if target not in TARGETS:
-    raise ValueError(f'target: expected one of {TARGETS}, got {target!r}')
+    raise CheckpointError(f'{source.path}: target: expected one of {TARGETS}, got {target!r}')
   cfg = config or infer_config(source, target, size)
   sd = _keys_for_target(source, target)
   abstract = {k: v.shape for k, v in stored_variables(nnx.eval_shape(lambda: build_target(target, cfg))).items()}

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from synchformer_jax.errors import InputError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InputError):
   """A checkpoint file that cannot be read or converted; the message names the file and the problem."""
 
 

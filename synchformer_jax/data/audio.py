@@ -18,12 +18,11 @@ import functools
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from synchformer_jax.constants import AUDIO_RATE, MEL_BINS, SEGMENT_MEL_FRAMES
+
 N_FFT = 1024
 WIN_LENGTH = 400
 HOP_LENGTH = 160
-N_MELS = 128
-SPEC_FRAMES = 66  # PadOrTruncate(max_spec_t=66): 65 STFT frames per 0.64-s segment, padded by one
 LOG_EPS = 1e-6
 AST_MEAN = -4.2677393
 AST_STD = 4.5689974
@@ -41,8 +40,8 @@ def stft_window() -> np.ndarray:
 @functools.cache
 def mel_filterbank() -> np.ndarray:
   """torchaudio ``melscale_fbanks(513, 0, 8000, 128, 16000, norm=None, mel_scale='htk')``: (513, 128)."""
-  all_freqs = np.linspace(0, SAMPLE_RATE // 2, N_FFT // 2 + 1)
-  m_pts = np.linspace(0.0, 2595.0 * np.log10(1.0 + (SAMPLE_RATE / 2) / 700.0), N_MELS + 2)  # HTK mel of 0..8 kHz
+  all_freqs = np.linspace(0, AUDIO_RATE // 2, N_FFT // 2 + 1)
+  m_pts = np.linspace(0.0, 2595.0 * np.log10(1.0 + (AUDIO_RATE / 2) / 700.0), MEL_BINS + 2)  # HTK mel of 0..8 kHz
   f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
   f_diff = np.diff(f_pts)
   slopes = f_pts[None, :] - all_freqs[:, None]
@@ -66,7 +65,7 @@ def log_mel_spectrogram(waveform: np.ndarray) -> np.ndarray:
   return np.swapaxes(np.log(mel + LOG_EPS), -1, -2)
 
 
-def pad_or_truncate(spec: np.ndarray, n_frames: int = SPEC_FRAMES) -> np.ndarray:
+def pad_or_truncate(spec: np.ndarray, n_frames: int = SEGMENT_MEL_FRAMES) -> np.ndarray:
   """PadOrTruncate: right-pad the last (time) axis with 0.0, or cut it, to ``n_frames``."""
   missing = n_frames - spec.shape[-1]
   if missing <= 0:
@@ -113,7 +112,7 @@ def _linear_recurrence(x: np.ndarray, a: complex | float, initial=0.0) -> np.nda
 
 
 def lowpass_biquad(
-  waveform: np.ndarray, cutoff_hz: float = 100.0, q: float = 0.707, sample_rate: int = SAMPLE_RATE
+  waveform: np.ndarray, cutoff_hz: float = 100.0, q: float = 0.707, sample_rate: int = AUDIO_RATE
 ) -> np.ndarray:
   """torchaudio ``lowpass_biquad`` (RBJ cookbook low-pass, zero initial state, output clamped to [-1, 1]).
 
@@ -173,7 +172,7 @@ def reverb(
   hf_damping: float = 50.0,
   room_scale: float = 100.0,
   stereo_depth: float = 100.0,
-  sample_rate: int = SAMPLE_RATE,
+  sample_rate: int = AUDIO_RATE,
 ) -> np.ndarray:
   """sox ``reverb -w`` (wet only, pre-delay 0, wet gain 0 dB) on mono input, averaged over its two outputs.
 
@@ -231,7 +230,7 @@ def _time_stretch(x: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
   return np.concatenate(out)[:n_out]
 
 
-def pitch_shift(waveform: np.ndarray, cents: float = 1000.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def pitch_shift(waveform: np.ndarray, cents: float = 1000.0, sample_rate: int = AUDIO_RATE) -> np.ndarray:
   """sox ``pitch 1000`` + ``rate 16000``: stretch the tempo by the pitch ratio, then resample back to the
   original length, which raises the pitch by ``cents`` and keeps duration and tempo."""
   ratio = 2 ** (cents / 1200)

@@ -47,8 +47,9 @@ from typing import BinaryIO, Union
 import av
 import numpy as np
 
-VIDEO_FPS = 25
-AUDIO_RATE = 16_000
+from synchformer_jax.constants import AUDIO_RATE, VIDEO_FPS
+from synchformer_jax.errors import InputError
+
 SHORT_SIDE = 256
 # Audio decoded before a seek target and thrown away: AAC needs one frame (1,024 samples) of overlap.
 _AUDIO_PREROLL_SEC = 0.2
@@ -56,7 +57,7 @@ _AUDIO_PREROLL_SEC = 0.2
 MediaSource = Union[str, os.PathLike, bytes, BinaryIO]
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError):
   """A clip cannot give the requested frames and samples. The message names the file and what was expected."""
 
 
@@ -319,10 +320,23 @@ def _flushed(resampler: av.AudioResampler, frames):
   yield from resampler.resample(None)
 
 
-def _scaled_size(height: int, width: int) -> tuple[int, int]:
+def _scaled_size(height: int, width: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
   """Shorter side to 256 px, aspect kept, longer side truncated (ffmpeg's ``scale`` with an expression)."""
   short = min(height, width)
-  return height * SHORT_SIDE // short, width * SHORT_SIDE // short
+  return height * short_side // short, width * short_side // short
+
+
+def resize_short_side(frames: np.ndarray, short_side: int = SHORT_SIDE) -> np.ndarray:
+  """RGB uint8 frames (..., H, W, 3) resized so that the shorter side is `short_side`, as decoding resizes them
+  (bicubic swscale, the longer side truncated); frames already that size are returned as they are."""
+  height, width = frames.shape[-3:-1]
+  if min(height, width) == short_side:
+    return frames
+  scaled_h, scaled_w = _scaled_size(height, width, short_side)
+  flat = np.ascontiguousarray(frames).reshape(-1, height, width, 3)
+  resized = [av.VideoFrame.from_ndarray(f, format='rgb24').reformat(
+      width=scaled_w, height=scaled_h, interpolation='BICUBIC').to_ndarray() for f in flat]
+  return np.stack(resized).reshape(*frames.shape[:-3], scaled_h, scaled_w, 3)
 
 
 def _output_size(height: int, width: int) -> tuple[int, int]:

@@ -14,8 +14,8 @@ process's rows of each.
 
 Everything is deterministic given the seed, whatever the worker count, and the iterators are
 grain `DatasetIterator`s: `get_state()` / `set_state()` resume a pipeline exactly (and grain's
-Orbax support checkpoints them). `to_global_batch` turns a process-local batch into global
-`jax.Array`s sharded over a mesh's data axis.
+Orbax support checkpoints them). Batches are numpy arrays: placing them on devices is
+`synchformer_jax.sharding.to_global_batch`. This module imports no JAX.
 
 The per-record step is a parameter (`ExampleFn`): `(record, rng) -> {name: array}`, where
 `record` is a dataset record (its `video` field holds the encoded mp4 bytes) and `rng` an
@@ -32,10 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags
 from etils import epath
 
 from synchformer_jax.data import builders, transforms
@@ -65,14 +63,15 @@ class Component:
 
 @dataclasses.dataclass(frozen=True)
 class ProcessShard:
-  """Which share of the data this process reads."""
+  """Which share of the data this process reads: process `index` of `count` (a multi-host run's
+  `jax.process_index()` and `jax.process_count()`)."""
 
-  index: int
-  count: int
+  index: int = 0
+  count: int = 1
 
-  @classmethod
-  def of_this_process(cls) -> ProcessShard:
-    return cls(jax.process_index(), jax.process_count())
+  def __post_init__(self):
+    if not 0 <= self.index < self.count:
+      raise ValueError(f'ProcessShard: expected 0 <= index < count, got index {self.index} of {self.count}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +206,8 @@ def train_dataset(
     *,
     batch_size: int,
     seed: int,
+    shard: ProcessShard,
     num_epochs: int | None = None,
-    shard: ProcessShard | None = None,
     options: PipelineOptions = PipelineOptions(),
 ) -> grain.IterDataset:
   """The training pipeline over a weighted mixture of datasets (one component: no mixing).
@@ -217,13 +216,12 @@ def train_dataset(
     components: datasets, their per-record steps and mixture weights.
     batch_size: examples per batch in this process.
     seed: determines shuffling, per-record randomness and replacements.
+    shard: this process's share of every global batch.
     num_epochs: passes over each dataset; None repeats forever.
-    shard: this process's share; default from jax.process_index() / process_count().
     options: how the pipeline runs.
   """
   if not components:
     raise ValueError('train_dataset needs at least one component')
-  shard = shard or ProcessShard.of_this_process()
   parts = [
       _component_dataset(c, i, seed=seed, num_epochs=num_epochs, options=options)
       for i, c in enumerate(components)
@@ -256,8 +254,8 @@ def eval_dataset(
     example_fn: ExampleFn,
     *,
     batch_size: int,
+    shard: ProcessShard,
     seed: int = 0,
-    shard: ProcessShard | None = None,
     options: PipelineOptions = PipelineOptions(),
 ) -> grain.IterDataset:
   """One ordered pass for evaluation; batches carry MASK_KEY (False: padding).
@@ -268,7 +266,6 @@ def eval_dataset(
   Args:
     seed: per-record randomness (random-offset passes: one seed per pass).
   """
-  shard = shard or ProcessShard.of_this_process()
   global_batch = batch_size * shard.count
   ds = grain.MapDataset.range(math.ceil(len(source) / global_batch) * global_batch)
   ds = ds.random_map(_PadAndMask(source, example_fn), seed=_seed(seed))
@@ -278,11 +275,6 @@ def eval_dataset(
 def _prefetched(ds: grain.MapDataset, options: PipelineOptions) -> grain.IterDataset:
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=options.read_threads))
   if options.worker_count > 0:
-    # grain 0.2.18 reads an absl flag when starting workers next to JAX and raises
-    # UnparsedFlagAccessError unless flags were parsed (google/grain#1355, fixed upstream later);
-    # programs without absl.app have none to parse.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
     iter_ds = iter_ds.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=options.worker_count, per_worker_buffer_size=options.worker_buffer_size)
     )
@@ -331,15 +323,3 @@ class FailureAccountingIterator(grain.DatasetIterator):
     self.reads = state['reads']
     self.failed_reads = state['failed_reads']
 
-
-def to_global_batch(
-    batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, data_axis: str | Sequence[str]
-) -> dict[str, jax.Array]:
-  """Assembles every process's local batch into global arrays split over `data_axis` of `mesh`.
-
-  The leading (batch) dimension of each local array is this process's share; the global batch
-  is the concatenation over processes in process order.
-  """
-  axes = data_axis if isinstance(data_axis, str) else tuple(data_axis)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
-  return {name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()}

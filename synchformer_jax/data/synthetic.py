@@ -23,7 +23,7 @@ the sparse events hardly register in them. The lamp's starting colour is random.
 Event times are a homogeneous Poisson process, drawn on an interval wider than the clip so
 that the edges look like the middle. The content of a window of *one* stream is therefore
 independent of where the window sits in the clip, so nothing but the correspondence between
-the two streams tells the audio-visual offset. `offset_predictability` measures that claim
+the two streams tells the audio-visual offset. `benchmarks.leak_audit` measures that claim
 (single-stream predictors at chance, cross-correlation of the two streams far above it).
 
 A clip is fully determined by its `SyntheticSpec` and seed; the mp4 bytes too, because x264 is
@@ -39,7 +39,8 @@ from collections.abc import Sequence
 import av
 import numpy as np
 
-from synchformer_jax.data.transforms import MAX_OFFSET_SEC
+from synchformer_jax.constants import AUDIO_RATE, MAX_OFFSET_SEC, OFFSET_GRID, VIDEO_FPS
+from synchformer_jax.data.transforms import OFFSET_CROP_SEC
 
 # Index = class label. Each kind has its own sound: bounce -> thud, hammer -> click, flash -> beep.
 EVENT_KINDS = ('bounce', 'hammer', 'flash')
@@ -97,8 +98,8 @@ class SyntheticSpec:
   duration_sec: float = 10.0
   height: int = 256
   width: int = 256
-  fps: int = 25
-  audio_rate: int = 16000
+  fps: int = VIDEO_FPS
+  audio_rate: int = AUDIO_RATE
   event_rate_hz: float = 0.4
   object_size: float = 0.08
   num_distractors: int = 2
@@ -433,143 +434,20 @@ def generate_clip(spec: SyntheticSpec, seed: int | Sequence[int]) -> tuple[bytes
 
 
 # ------------------------------------------------------------------------------------------
-# Offsets, and the analysis that shows the data has no single-stream shortcut.
+# Offsets (the audit that shows the clips have no single-stream shortcut: benchmarks/leak_audit.py).
 
 
-def sample_offset_and_vstart(
-    rng: np.random.Generator,
-    num_frames: int,
-    *,
-    fps: int = 25,
-    crop_sec: float = 5.0,
-    max_offset_sec: float = 2.0,
-    num_classes: int = 21,
-) -> tuple[float, float]:
+def sample_offset_and_vstart(rng: np.random.Generator, num_frames: int, *, fps: int = VIDEO_FPS) -> tuple[float, float]:
   """Draws (offset_sec, vstart_sec) the way the original drew its fixed evaluation offsets.
 
   Mirrors the random branch of the Stage II crop (data.md §2.3, §3.4): an offset uniform over
   the float32 class grid rounded to 2 decimals, then a video start uniform over the range that
   keeps both 5-s windows inside the clip, snapped to the frame grid and rounded to 2 decimals.
   """
-  grid = np.linspace(-max_offset_sec, max_offset_sec, num_classes, dtype=np.float32)
-  offset = round(float(grid[rng.integers(num_classes)]), 2)
-  vstart_max = (num_frames - int(crop_sec * fps)) / fps
+  offset = round(float(OFFSET_GRID[rng.integers(len(OFFSET_GRID))]), 2)
+  vstart_max = (num_frames - int(OFFSET_CROP_SEC * fps)) / fps
   low, high = max(0.0, -offset), min(vstart_max, vstart_max - offset)
   if low > high:
-    raise ValueError(f'{num_frames} frames are too few for a {crop_sec}-s crop at offset {offset}')
+    raise ValueError(f'{num_frames} frames are too few for a {OFFSET_CROP_SEC}-s crop at offset {offset}')
   vstart = rng.uniform(low, high)
   return offset, round(int(vstart * fps) / fps, 2)
-
-
-def event_envelopes(clip: SyntheticClip, *, fps: int, audio_rate: int) -> tuple[np.ndarray, np.ndarray]:
-  """Per-video-frame event strength of each stream, measured from the rendered signals.
-
-  Video: mean absolute second temporal difference of brightness, which peaks where a motion
-  starts or stops abruptly or the brightness jumps (smooth drift contributes little).
-  Audio: positive part of the frame-to-frame change of log energy, i.e. onset strength.
-  Both are (T,) float32 aligned so that index k covers [k / fps, (k + 1) / fps).
-  """
-  # Channel sum as brightness; summing three strided views is ~10x faster than mean(axis=-1).
-  luma = clip.frames[..., 0].astype(np.float32)
-  luma += clip.frames[..., 1]
-  luma += clip.frames[..., 2]
-  video = np.zeros(len(luma), np.float32)
-  video[1:-1] = np.abs(luma[2:] - 2 * luma[1:-1] + luma[:-2]).mean(axis=(1, 2))
-  samples_per_frame = audio_rate // fps
-  num = min(len(luma), clip.audio.size // samples_per_frame)
-  energy = (clip.audio[: num * samples_per_frame].reshape(num, samples_per_frame) ** 2).mean(axis=1)
-  log_energy = np.log(energy + 1e-8)
-  audio = np.zeros(len(luma), np.float32)
-  audio[1:num] = np.maximum(np.diff(log_energy), 0.0)
-  return video, audio
-
-
-@dataclasses.dataclass(frozen=True)
-class OffsetPredictability:
-  """Held-out accuracy of offset-class predictors, against chance = 1 / num_classes."""
-
-  audio_only: float
-  video_only: float
-  cross_correlation: float
-  chance: float
-
-
-def _standardize(x: np.ndarray) -> np.ndarray:
-  return (x - x.mean(axis=-1, keepdims=True)) / (x.std(axis=-1, keepdims=True) + 1e-6)
-
-
-def _ridge_accuracy(features: np.ndarray, targets: np.ndarray, num_classes: int) -> float:
-  """Trains a ridge-regression classifier on the first half and scores the second half."""
-  features = np.concatenate([features, np.ones((len(features), 1))], axis=1)
-  half = len(features) // 2
-  x_train, x_test = features[:half], features[half:]
-  onehot = np.eye(num_classes)[targets[:half]]
-  weights = np.linalg.solve(x_train.T @ x_train + 1.0 * np.eye(x_train.shape[1]), x_train.T @ onehot)
-  return float(np.mean((x_test @ weights).argmax(axis=1) == targets[half:]))
-
-
-def offset_predictability(
-    envelopes: Sequence[tuple[np.ndarray, np.ndarray]],
-    *,
-    fps: int = 25,
-    num_samples: int = 4000,
-    seed: int = 0,
-    crop_sec: float = 5.0,
-    max_offset_sec: float = 2.0,
-    num_classes: int = 21,
-) -> OffsetPredictability:
-  """How well the offset class can be predicted from one stream, or from both.
-
-  Windows are drawn like training windows (`sample_offset_and_vstart`, offset uniform over the
-  class grid). Single-stream predictors are linear classifiers on one window's envelope pooled
-  into class-width bins; they should be at chance. The two-stream predictor picks the class
-  whose lag maximises the correlation of the video and audio envelopes; it should be far above.
-
-  Where a window sits in its clip does depend on the offset (a +2 s audio window cannot start
-  before 2 s), so content that changes along the clip would leak the offset into one stream.
-  Even a perfect readout of the position gives only about 9.8 % accuracy with 10-s clips
-  (chance: 4.8 %), so leaks are small by nature and single-stream accuracy must be close to
-  chance, not merely well below the two-stream one.
-
-  Args:
-    envelopes: per clip, (video, audio) envelopes from `event_envelopes`.
-  """
-  rng = np.random.default_rng(seed)
-  grid = np.linspace(-max_offset_sec, max_offset_sec, num_classes)
-  lags = np.round(grid * fps).astype(int)  # class c: audio window starts lags[c] frames later
-  crop = int(crop_sec * fps)
-  bin_frames = max(int(round(2 * max_offset_sec / (num_classes - 1) * fps)), 1)
-  video_windows, audio_windows, targets = [], [], []
-  for _ in range(num_samples):
-    video_env, audio_env = envelopes[rng.integers(len(envelopes))]
-    offset, vstart = sample_offset_and_vstart(
-        rng, len(video_env), fps=fps, crop_sec=crop_sec, max_offset_sec=max_offset_sec, num_classes=num_classes
-    )
-    target = int(np.argmin(np.abs(grid - offset)))
-    v0 = int(vstart * fps)
-    a0 = v0 + lags[target]
-    video_windows.append(video_env[v0 : v0 + crop])
-    audio_windows.append(audio_env[a0 : a0 + crop])
-    targets.append(target)
-  video_windows, audio_windows = np.stack(video_windows), np.stack(audio_windows)
-  targets = np.asarray(targets)
-
-  def pooled(windows):
-    usable = crop // bin_frames * bin_frames
-    bins = windows[:, :usable].reshape(len(windows), -1, bin_frames).mean(axis=2)
-    return np.concatenate([_standardize(bins), windows.mean(axis=1, keepdims=True), windows.std(axis=1, keepdims=True)], axis=1)
-
-  video_z, audio_z = _standardize(video_windows), _standardize(audio_windows)
-  scores = np.empty((num_samples, num_classes))
-  for c, lag in enumerate(lags):
-    # Under class c, video frame j shows what audio frame j - lag of the audio window holds.
-    if lag >= 0:
-      scores[:, c] = (video_z[:, lag:] * audio_z[:, : crop - lag]).mean(axis=1)
-    else:
-      scores[:, c] = (video_z[:, : crop + lag] * audio_z[:, -lag:]).mean(axis=1)
-  return OffsetPredictability(
-      audio_only=_ridge_accuracy(pooled(audio_windows), targets, num_classes),
-      video_only=_ridge_accuracy(pooled(video_windows), targets, num_classes),
-      cross_correlation=float(np.mean(scores.argmax(axis=1) == targets)),
-      chance=1.0 / num_classes,
-  )

@@ -26,24 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from synchformer_jax.constants import (AUDIO_RATE, MAX_OFFSET_SEC, OFFSET_GRID, OFFSET_TYPES, SAMPLES_PER_FRAME,
+                                       SEGMENT_FRAMES, SEGMENT_SAMPLES, SYNC_SEGMENT_STRIDE_FRAMES, TARGET_KEY,
+                                       VIDEO_FPS)
 from synchformer_jax.data.audio import audio_features, augment_waveform
-from synchformer_jax.data.decode import (
-  AUDIO_RATE, VIDEO_FPS, DecodedClip, DecodeError, MediaFile, MediaInfo, MediaSource,
-)
+from synchformer_jax.data.decode import DecodedClip, DecodeError, MediaFile, MediaInfo, MediaSource
 
-SAMPLES_PER_FRAME = AUDIO_RATE // VIDEO_FPS  # 640
-SEGMENT_FRAMES = 16  # 0.64 s
-SEGMENT_SAMPLES = int(SEGMENT_FRAMES / VIDEO_FPS * AUDIO_RATE)  # 10,240
 CLIP_MAX_SEC = 10  # EqualifyFromRight
 CROP_SIZE = 224
 UPSCALE_FROM_SIZE = 192  # RGBSpatialCropSometimesUpscale's smaller crop
 OFFSET_CROP_SEC = 5  # TemporalCropAndOffset
-MAX_OFFSET_SEC = 2.0
-OFFSET_GRID = np.linspace(-MAX_OFFSET_SEC, MAX_OFFSET_SEC, 21, dtype=np.float32)  # class c: -2 + 0.2 c
 IN_SYNC_RANGE_SEC = (-0.125, 0.045)  # ITU-T BT.1359 detectability window, for `uniform_binary`
 AUDIO_WIGGLE_SEC = 0.05
 RGB_MEAN = RGB_STD = 0.5  # MotionFormer's normalisation, to [-1, 1]
-OFFSET_TYPES = ('grid', 'uniform', 'uniform_binary')
 
 
 @dataclass(frozen=True)
@@ -69,7 +64,7 @@ class Stage:
 
 
 STAGE_I = Stage(
-  name='segment_avclip',
+  name='avclip',
   n_segments=14,
   step_seg=1.0,
   temporal_crop='none',
@@ -87,7 +82,7 @@ STAGE_I = Stage(
 STAGE_II = Stage(
   name='sync',
   n_segments=14,
-  step_seg=0.5,
+  step_seg=SYNC_SEGMENT_STRIDE_FRAMES / SEGMENT_FRAMES,
   temporal_crop='offset',
   video_layout='STCHW',
   audio_layout='S1FT',
@@ -158,7 +153,7 @@ def _draw_offset(rng: np.random.Generator, offset_type: str, prob_oos: float | N
     return round(float(rng.choice(OFFSET_GRID)), 2), {}
   if offset_type == 'uniform':
     offset = round(float(rng.uniform(-MAX_OFFSET_SEC, MAX_OFFSET_SEC)), 2)
-    return offset, {'offset_target': np.float32(offset)}
+    return offset, {TARGET_KEY['sync']: np.float32(offset)}
   if offset_type == 'uniform_binary':
     if prob_oos is None:
       raise ValueError("offset_type 'uniform_binary' needs prob_oos")
@@ -171,7 +166,7 @@ def _draw_offset(rng: np.random.Generator, offset_type: str, prob_oos: float | N
     else:
       offset = rng.uniform(lo, hi)
     offset = round(float(offset), 2)
-    return offset, {'offset_target': np.float32(offset), 'oos_target': np.int64(is_oos)}
+    return offset, {TARGET_KEY['sync']: np.float32(offset), 'oos_target': np.int64(is_oos)}
   raise ValueError(f'offset_type must be one of {OFFSET_TYPES}, got {offset_type!r}')
 
 
@@ -186,7 +181,7 @@ def _offset_targets(offset_sec: float, v_start_i_sec: float) -> dict[str, Any]:
     'offset_sec': np.float32(offset_sec),
     'v_start_i_sec': np.float32(v_start_i_sec),
     'offset_label': label,
-    'offset_target': np.int64(index),
+    TARGET_KEY['sync']: np.int64(index),
   }
 
 
@@ -261,7 +256,7 @@ def _temporal_crop(
     if stage.temporal_crop == 'syncability':
       syncable = bool(rng.random() < 0.5)
       offset = round(float(rng.choice(OFFSET_GRID)), 2) if syncable else float(rng.choice([-crop_sec, crop_sec]))
-      extra = {'sync_target': np.int64(syncable)}
+      extra = {TARGET_KEY['synchability']: np.int64(syncable)}
     else:
       offset, extra = _draw_offset(rng, offset_type, prob_oos)
     v_start_i, v_start_i_sec, a_start = _random_crop_start(rng, info.name, offset, v_len, crop_frames)
@@ -465,11 +460,26 @@ def normalise_rgb(frames: np.ndarray, dtype: type) -> np.ndarray:
 _VIDEO_AXES = {'SCTHW': (0, 4, 1, 2, 3), 'STCHW': (0, 1, 4, 2, 3)}  # from (S, T, H, W, C)
 
 
+def crop_and_resize(frames: np.ndarray, top: int, left: int, size: int, output_size: int) -> np.ndarray:
+  """The square crop of uint8 frames (..., H, W, 3) at (top, left), resized to `output_size` (RGBSpatialCrop,
+  then the Resize of the reduced model sizes or of RGBSpatialCropSometimesUpscale)."""
+  frames = frames[..., top : top + size, left : left + size, :]
+  return frames if size == output_size else resize_bilinear(frames, output_size)
+
+
+def test_video_segments(segments: np.ndarray, output_size: int, dtype: type) -> np.ndarray:
+  """The test pipeline on decoded segments: uint8 (N, 16, H, W, 3) → the Motionformer's (N, 3, 16, s, s).
+
+  The centre 224-px crop, resized to `output_size`, scaled and normalised in `dtype`: what `make_example`
+  does to the frames of a clip without augmentation.
+  """
+  top, left = center_crop_box(*segments.shape[-3:-1])
+  frames = crop_and_resize(segments, top, left, CROP_SIZE, output_size)
+  return normalise_rgb(frames.transpose(_VIDEO_AXES['SCTHW']), dtype)
+
+
 def _video_input(plan: ClipPlan, clip: DecodedClip, stage: Stage, rng: np.random.Generator | None) -> np.ndarray:
-  top, left, size = plan.crop_top, plan.crop_left, plan.crop_size
-  frames = clip.frames[:, top : top + size, left : left + size]
-  if size != stage.output_size:
-    frames = resize_bilinear(frames, stage.output_size)
+  frames = crop_and_resize(clip.frames, plan.crop_top, plan.crop_left, plan.crop_size, stage.output_size)
   if rng is not None and not stage.augment_per_segment:
     frames = augment_frames(frames, rng, stage)
   frames = frames[plan.video_frame_index - clip.first_frame]  # (S, T, H, W, C)

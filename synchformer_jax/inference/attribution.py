@@ -16,13 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from synchformer_jax.data.audio import HOP_LENGTH, SPEC_FRAMES
-from synchformer_jax.data.decode import AUDIO_RATE, VIDEO_FPS
-from synchformer_jax.data.transforms import OFFSET_GRID, RGB_MEAN, RGB_STD, quantise_offset
-from synchformer_jax.inference.api import OffsetPrediction, build_file_example, jitted_call, softmax
+from synchformer_jax.constants import AUDIO_RATE, OFFSET_GRID, SEGMENT_MEL_FRAMES, VIDEO_FPS
+from synchformer_jax.data.audio import HOP_LENGTH
+from synchformer_jax.data.transforms import RGB_MEAN, RGB_STD, quantise_offset
+from synchformer_jax.inference.compiled import jitted_call, softmax
+from synchformer_jax.inference.results import OffsetPrediction
+from synchformer_jax.inference.windows import build_file_example
 
 # Log-mel columns that hold audio: the 66th is the original's zero padding.
-_SPEC_COLUMNS = SPEC_FRAMES - 1
+_SPEC_COLUMNS = SEGMENT_MEL_FRAMES - 1
 
 
 @dataclasses.dataclass(frozen=True)

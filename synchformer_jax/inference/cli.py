@@ -4,16 +4,16 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from synchformer_jax.inference.api import OffsetCurve, OffsetPrediction, OffsetSearch
-from synchformer_jax.inference.files import FILE_ERRORS
+from synchformer_jax.errors import InputError
+from synchformer_jax.inference.results import OffsetCurve, OffsetPrediction, OffsetSearch
 
 
 def run(main: Callable[[], int | None]) -> None:
-  """Runs a script's main; a bad input (file, checkpoint, value) ends it with one line on stderr and exit
-  status 1, not a traceback."""
+  """Runs a script's main; a bad input (file, checkpoint, value: an `InputError`) ends it with one line on
+  stderr and exit status 1. Any other error is a fault of the program and keeps its traceback."""
   try:
     status = main()
-  except FILE_ERRORS as e:
+  except InputError as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(1)
   sys.exit(status or 0)

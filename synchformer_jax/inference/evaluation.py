@@ -15,12 +15,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from synchformer_jax import metrics
+from synchformer_jax.constants import OFFSET_GRID, TARGET_KEY
 from synchformer_jax.data import loader
-from synchformer_jax.data.transforms import OFFSET_GRID
-from synchformer_jax.inference.api import model_logits, model_stage, softmax
-from synchformer_jax.train import metrics
-
-TARGET_KEY = {'sync': 'offset_target', 'synchability': 'sync_target'}
+from synchformer_jax.errors import InputError
+from synchformer_jax.inference.compiled import model_logits, softmax
+from synchformer_jax.inference.segments import model_stage
 
 
 def collect_logits(model: nnx.Module, source, *, iter_times: int = 1, batch_size: int = 8,
@@ -28,10 +28,10 @@ def collect_logits(model: nnx.Module, source, *, iter_times: int = 1, batch_size
                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """(logits (N, C), targets (N,)) over `iter_times` passes of a split's records (N = passes × clips)."""
   if iter_times < 1:
-    raise ValueError(f'iter_times: expected a positive integer, got {iter_times}')
+    raise InputError(f'iter_times: expected a positive integer, got {iter_times}')
   kind = model.cfg.kind
   if kind not in TARGET_KEY:
-    raise ValueError(f"evaluation needs an offset ('sync') or synchronizability model, got {kind!r}")
+    raise InputError(f"evaluation needs an offset ('sync') or synchronizability model, got {kind!r}")
   step = loader.EvalExample(model_stage(model), fixed_offsets=not random_offsets, original_decoder=original_decoder)
   keys = ('video', 'audio', TARGET_KEY[kind])
   example = lambda record, rng: {k: v for k, v in step(record, rng).items() if k in keys}
@@ -41,7 +41,7 @@ def collect_logits(model: nnx.Module, source, *, iter_times: int = 1, batch_size
     for pass_index in range(iter_times):
       # One RNG stream per pass (spec §3.7), so the passes differ and the whole evaluation is reproducible.
       for batch in loader.eval_dataset(source, example, batch_size=batch_size, seed=seed + pass_index,
-                                       shard=loader.ProcessShard(0, 1)):
+                                       shard=loader.ProcessShard()):
         mask = np.asarray(batch[loader.MASK_KEY])
         out = jax.device_get(model_logits(model, batch['video'], batch['audio']))
         logits.append(np.asarray(out)[mask])
@@ -66,24 +66,12 @@ def offset_report(logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
           'per_class': per_class, 'confusion_matrix': matrix.tolist()}
 
 
-def roc_curve(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
-  """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
-  scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-  order = np.argsort(-scores, kind='stable')
-  scores, labels = scores[order], labels[order]
-  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-  tp, fp = np.cumsum(labels)[last_of_tie], np.cumsum(~labels)[last_of_tie]
-  tpr = np.r_[0.0, tp / max(labels.sum(), 1)]
-  fpr = np.r_[0.0, fp / max((~labels).sum(), 1)]
-  return {'fpr': fpr.tolist(), 'tpr': tpr.tolist(), 'thresholds': np.r_[np.inf, scores[last_of_tie]].tolist()}
-
-
 def synchronizability_report(logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
   """Accuracy of p(sync) > 0.5, ROC AUC and the ROC curve; class 1 is 'synchronizable'."""
   p_sync = softmax(logits)[:, 1]
   matrix = metrics.confusion_matrix((p_sync > 0.5).astype(np.int64), targets, 2)
   return {'metrics': metrics.synchronizability_metrics(logits, targets), 'num_predictions': int(len(targets)),
-          'confusion_matrix': matrix.tolist(), 'roc': roc_curve(p_sync, np.asarray(targets) == 1)}
+          'confusion_matrix': matrix.tolist(), 'roc': metrics.roc_curve(p_sync, np.asarray(targets) == 1)}
 
 
 def evaluate(model: nnx.Module, name: str, split: str, data_dir: str, **options) -> dict[str, Any]:

@@ -5,10 +5,13 @@ from synchformer_jax.models.ast import AST
 from synchformer_jax.models.avclip import AVCLIP
 from synchformer_jax.models.config import (MODEL_KINDS, SIZES, AudioTowerConfig, ModelConfig, SyncTransformerConfig,
                                            VideoTowerConfig, config_for_size, config_from_size_params)
+from synchformer_jax.models.layers import Buffer
 from synchformer_jax.models.motionformer import Motionformer
 from synchformer_jax.models.synchformer import Synchformer, audio_tower, classification_loss, video_tower
 
 TOWERS = ('motionformer', 'ast')
+# What a model directory or a converted checkpoint can hold: a whole model of a kind, or one tower.
+TARGETS = (*MODEL_KINDS, *TOWERS)
 
 
 def build_model(cfg: ModelConfig, seed: int = 0, *, tower: str | None = None) -> nnx.Module:
@@ -26,3 +29,21 @@ def build_model(cfg: ModelConfig, seed: int = 0, *, tower: str | None = None) ->
     if tower is not None:
       raise ValueError(f'tower: expected one of {TOWERS} or None, got {tower!r}')
     return AVCLIP(cfg, rngs=rngs) if cfg.kind == 'avclip' else Synchformer(cfg, rngs=rngs)
+
+
+def build_target(target: str, cfg: ModelConfig, seed: int = 0) -> nnx.Module:
+  """A fresh module for a target (one of TARGETS): the config's whole model, or one of its towers."""
+  if target not in TARGETS:
+    raise ValueError(f'target: expected one of {TARGETS}, got {target!r}')
+  return build_model(cfg, seed, tower=target if target in TOWERS else None)
+
+
+def target_of(module: nnx.Module) -> str:
+  """What a module is, as a target ('sync', 'avclip', 'motionformer', …)."""
+  name = type(module).__name__.lower()
+  return name if name in TOWERS else module.cfg.kind
+
+
+def stored_variables(module: nnx.Module) -> dict[str, nnx.Variable]:
+  """Every parameter and buffer a checkpoint holds, by dotted path."""
+  return {'.'.join(map(str, path)): var for path, var in nnx.to_flat_state(nnx.state(module, (nnx.Param, Buffer)))}

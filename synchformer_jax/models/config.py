@@ -9,13 +9,42 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-ModelKind = Literal['sync', 'synchability', 'avclip']
-MODEL_KINDS = ('sync', 'synchability', 'avclip')
-# Stage II predicts one of 21 offsets on a 0.2 s grid over [-2, 2] s; the fine-tune predicts in/out of sync.
-NUM_OFFSET_CLASSES = 21
-NUM_SYNCHABILITY_CLASSES = 2
+from synchformer_jax.constants import (MEL_BINS, NUM_OFFSET_CLASSES, NUM_SYNCHABILITY_CLASSES, SEGMENT_FRAMES,
+                                       SEGMENT_MEL_FRAMES, STAGES)
+from synchformer_jax.errors import InputError
+
+ModelKind = Literal['avclip', 'sync', 'synchability']
+MODEL_KINDS = STAGES
 # Rematerialisation policies: names in `jax.checkpoint_policies` (this module imports no JAX).
 REMAT_POLICY_NAMES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
+DTYPES = ('float32', 'bfloat16')
+# None lets JAX choose; 'cudnn' forces the fused flash kernel on NVIDIA GPUs.
+ATTENTION_IMPLS = (None, 'xla', 'cudnn')
+
+
+class ModelConfigError(InputError):
+  """An invalid architecture field; `field` is its dotted name within the model config ('transformer.layers')."""
+
+  def __init__(self, field: str, expected: str, value: Any):
+    super().__init__(f'model config {field}: expected {expected}, got {value!r}')
+    self.field, self.expected, self.value = field, expected, value
+
+
+def _check_fields(section: str, config) -> None:
+  """Every integer field is positive and every float in [0, 1) except the LayerNorm epsilons, which are > 0."""
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    field = f'{section}.{f.name}'
+    if f.type == 'int' and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+      raise ModelConfigError(field, 'a positive integer', value)
+    if f.type == 'float' and not isinstance(value, (int, float)):
+      raise ModelConfigError(field, 'a number', value)
+    if f.type == 'float' and 'eps' in f.name and not value > 0:
+      raise ModelConfigError(field, 'a positive number', value)
+    if f.type == 'float' and 'eps' not in f.name and not 0 <= value < 1:
+      raise ModelConfigError(field, 'a rate in [0, 1)', value)
+  if config.dim % config.heads:
+    raise ModelConfigError(f'{section}.heads', f'a divisor of dim {config.dim}', config.heads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +55,7 @@ class VideoTowerConfig:
   heads: int = 12
   mlp_dim: int = 3072  # also the aggregation layer's feed-forward width
   crop: int = 224  # input height = width in pixels
-  frames: int = 16
+  frames: int = SEGMENT_FRAMES
   patch: int = 16
   tubelet: int = 2
   # The positional table is stored for a 14×14 grid (224 px) and resized bicubically for other crops.
@@ -50,8 +79,8 @@ class AudioTowerConfig:
   depth: int = 12
   heads: int = 12
   mlp_dim: int = 3072  # also the aggregation layer's feed-forward width
-  n_mels: int = 128
-  n_frames: int = 66
+  n_mels: int = MEL_BINS
+  n_frames: int = SEGMENT_MEL_FRAMES
   patch: int = 16
   stride: int = 10
   eps: float = 1e-12  # HF ASTConfig.layer_norm_eps
@@ -92,22 +121,27 @@ class ModelConfig:
   # (a key of `layers.REMAT_POLICIES`); the blocks of a stack then run as a scan (`layers.run_blocks`).
   remat: bool = False
   remat_policy: str = 'nothing_saveable'
-  # None lets JAX choose; 'cudnn' forces the fused flash kernel on NVIDIA GPUs.
-  attention_impl: str | None = None
+  attention_impl: str | None = None  # one of ATTENTION_IMPLS
 
   def __post_init__(self):
+    """The one validation of a model's fields; training configs reach it through `train.config.validate`."""
     if self.kind not in MODEL_KINDS:
-      raise ValueError(f'ModelConfig.kind: expected one of {MODEL_KINDS}, got {self.kind!r}')
+      raise ModelConfigError('kind', f'one of {MODEL_KINDS}', self.kind)
+    if self.dtype not in DTYPES:
+      raise ModelConfigError('dtype', f'one of {DTYPES}', self.dtype)
     if self.remat_policy not in REMAT_POLICY_NAMES:
-      raise ValueError(f'ModelConfig.remat_policy: expected one of {REMAT_POLICY_NAMES}, got {self.remat_policy!r}')
-    if self.dtype not in ('float32', 'bfloat16'):
-      raise ValueError(f"ModelConfig.dtype: expected 'float32' or 'bfloat16', got {self.dtype!r}")
-    for name, tower in (('video', self.video), ('audio', self.audio), ('transformer', self.transformer)):
-      if tower.dim % tower.heads:
-        raise ValueError(f'ModelConfig.{name}: dim {tower.dim} is not divisible by heads {tower.heads}')
-    if self.video.crop % self.video.patch or self.video.frames % self.video.tubelet:
-      raise ValueError(f'ModelConfig.video: crop {self.video.crop} / frames {self.video.frames} must be '
-                       f'multiples of patch {self.video.patch} / tubelet {self.video.tubelet}')
+      raise ModelConfigError('remat_policy', f'one of {REMAT_POLICY_NAMES}', self.remat_policy)
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ModelConfigError('attention_impl', f'one of {ATTENTION_IMPLS}', self.attention_impl)
+    for section in ('video', 'audio', 'transformer'):
+      _check_fields(section, getattr(self, section))
+    if self.video.crop % self.video.patch:
+      raise ModelConfigError('video.crop', f'a multiple of the patch size {self.video.patch}', self.video.crop)
+    if self.video.frames % self.video.tubelet:
+      raise ModelConfigError('video.frames', f'a multiple of the tubelet length {self.video.tubelet}', self.video.frames)
+    for name, tower in (('audio.n_mels', self.audio.n_mels), ('audio.n_frames', self.audio.n_frames)):
+      if tower < self.audio.patch:
+        raise ModelConfigError(name, f'at least the patch size {self.audio.patch}', tower)
 
   @property
   def num_classes(self) -> int:
@@ -131,14 +165,14 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
-      raise ValueError(f'ModelConfig: unknown fields {sorted(unknown)}')
+      raise ModelConfigError(sorted(unknown)[0], 'a field of ModelConfig', d[sorted(unknown)[0]])
     for name, sub in (('video', VideoTowerConfig), ('audio', AudioTowerConfig),
                       ('transformer', SyncTransformerConfig)):
       if name in d and isinstance(d[name], dict):
         sub_known = {f.name for f in dataclasses.fields(sub)}
         bad = set(d[name]) - sub_known
         if bad:
-          raise ValueError(f'ModelConfig.{name}: unknown fields {sorted(bad)}')
+          raise ModelConfigError(f'{name}.{sorted(bad)[0]}', f'a field of {sub.__name__}', d[name][sorted(bad)[0]])
         d[name] = sub(**d[name])
     return cls(**d)
 
@@ -161,7 +195,7 @@ def config_from_size_params(kind: ModelKind, size_params: dict[str, int] | None,
     return ModelConfig(kind=kind, transformer=SyncTransformerConfig(n_segments=n_segments), **overrides)
   expected = set(SIZE_PARAMS['tiny'])
   if set(size_params) != expected:
-    raise ValueError(f'size_params: expected keys {sorted(expected)}, got {sorted(size_params)}')
+    raise ModelConfigError('size_params', f'the keys {sorted(expected)}', sorted(size_params))
   p = size_params
   video = VideoTowerConfig(dim=p['v_dim'], depth=p['v_depth'], heads=p['v_heads'], mlp_dim=4 * p['v_dim'],
                            crop=p['crop'])
@@ -173,5 +207,5 @@ def config_from_size_params(kind: ModelKind, size_params: dict[str, int] | None,
 
 def config_for_size(kind: ModelKind, size: str, **overrides) -> ModelConfig:
   if size not in SIZE_PARAMS:
-    raise ValueError(f'model size: expected one of {SIZES}, got {size!r}')
+    raise ModelConfigError('size', f'one of {SIZES}', size)
   return config_from_size_params(kind, SIZE_PARAMS[size], **overrides)

@@ -1,23 +1,36 @@
 """Training config defaults shared by `configs/{avclip,sync,synchability}.py`, and their validation.
 
 Every field is checked before any work starts; an invalid value raises `ConfigError` naming the field.
+The model block names a size (`model.size`) and can override any architecture field of it
+(`--config.model.transformer.layers=2`); `model_config` builds the `ModelConfig`, whose own checks are
+the one validation of the architecture.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
-from synchformer_jax.models.config import REMAT_POLICY_NAMES, SIZES
-from synchformer_jax.sharding import MESH_AXES, BATCH_AXES
+from synchformer_jax.constants import OFFSET_TYPES, STAGES
+from synchformer_jax.errors import InputError
+from synchformer_jax.models.config import (AudioTowerConfig, ModelConfig, ModelConfigError, SyncTransformerConfig,
+                                           VideoTowerConfig, config_for_size)
+from synchformer_jax.sharding import BATCH_AXES, MESH_AXES
 from synchformer_jax.train.optim import OPTIMIZERS, SCHEDULES
 
-STAGES = ('avclip', 'sync', 'synchability')
-OFFSET_TYPES = ('grid', 'uniform', 'uniform_binary')
+# The architecture sections of a model config, each a dataclass of the model package.
+ARCHITECTURE_SECTIONS = {'video': VideoTowerConfig, 'audio': AudioTowerConfig, 'transformer': SyncTransformerConfig}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """An invalid training config value; the message names the field."""
+
+
+def _architecture_overrides(section: type) -> ConfigDict:
+  """A placeholder for every field of an architecture section: None keeps the size's value."""
+  types = {'int': int, 'float': float}
+  return ConfigDict({f.name: config_dict.placeholder(types[f.type]) for f in dataclasses.fields(section)})
 
 
 def base_config(stage: str) -> ConfigDict:
@@ -33,7 +46,9 @@ def base_config(stage: str) -> ConfigDict:
   c.keep_checkpoints = 3
 
   c.model = ConfigDict()
-  c.model.size = 'tiny'
+  c.model.size = 'tiny'  # the architecture (models.config.SIZES); the sections below override its fields
+  for section, fields in ARCHITECTURE_SECTIONS.items():
+    c.model[section] = _architecture_overrides(fields)
   c.model.dtype = 'float32'
   c.model.remat = False
   c.model.remat_policy = 'nothing_saveable'  # what a rematerialised block keeps (models.config.REMAT_POLICY_NAMES)
@@ -76,6 +91,16 @@ def base_config(stage: str) -> ConfigDict:
   return c
 
 
+def model_config(c: ConfigDict) -> ModelConfig:
+  """The architecture a training config describes: its size's, with the fields it overrides."""
+  base = config_for_size(c.stage, c.model.size)
+  sections = {name: dataclasses.replace(getattr(base, name),
+                                        **{k: v for k, v in c.model[name].items() if v is not None})
+              for name in ARCHITECTURE_SECTIONS}
+  return base.replace(**sections, dtype=c.model.dtype, remat=c.model.remat, remat_policy=c.model.remat_policy,
+                      attention_impl=c.model.attention_impl or None)
+
+
 def _check(condition: bool, field: str, expected: str, value) -> None:
   if not condition:
     raise ConfigError(f'config.{field}: expected {expected}, got {value!r}')
@@ -87,12 +112,10 @@ def validate(c: ConfigDict, num_devices: int) -> None:
   for field in ('total_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _check(isinstance(c[field], int) and c[field] > 0, field, 'a positive integer', c[field])
   _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', 'a non-negative integer', c.seed)
-  _check(c.model.size in SIZES, 'model.size', f'one of {SIZES}', c.model.size)
-  _check(c.model.dtype in ('float32', 'bfloat16'), 'model.dtype', "'float32' or 'bfloat16'", c.model.dtype)
-  _check(c.model.remat_policy in REMAT_POLICY_NAMES, 'model.remat_policy', f'one of {REMAT_POLICY_NAMES}',
-         c.model.remat_policy)
-  _check(c.model.attention_impl in ('', 'xla', 'cudnn'), 'model.attention_impl', "'', 'xla' or 'cudnn'",
-         c.model.attention_impl)
+  try:
+    model_config(c)
+  except ModelConfigError as e:
+    raise ConfigError(f'config.model.{e.field}: expected {e.expected}, got {e.value!r}') from None
   _check(c.stage == 'avclip' or bool(c.model.init) or c.model.size != 'full', 'model.init',
          'a model directory for a full-size Stage II / III run (its frozen towers)', c.model.init)
   _check(c.data.offset_type in OFFSET_TYPES, 'data.offset_type', f'one of {OFFSET_TYPES}', c.data.offset_type)

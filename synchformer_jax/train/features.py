@@ -31,6 +31,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from synchformer_jax import sharding
+from synchformer_jax.constants import TARGET_KEYS
 from synchformer_jax.data import loader
 from synchformer_jax.models.config import ModelConfig
 from synchformer_jax.train import input_pipeline, trainer
@@ -95,12 +96,12 @@ def _write_split(config: ConfigDict, steps: trainer.Trainer, state, mesh, window
     for batch in tqdm(windows, desc=f'tower features ({os.path.basename(path)})', unit='batch',
                       disable=jax.process_index() != 0):
       mask = np.asarray(batch.pop(loader.MASK_KEY))
-      inputs = loader.to_global_batch({k: batch[k] for k in ('video', 'audio')}, mesh, sharding.BATCH_AXES)
+      inputs = sharding.to_global_batch({k: batch[k] for k in ('video', 'audio')}, mesh)
       features = extract(state, inputs['video'], inputs['audio'])
       # Each process keeps the rows of its own local batch (global rows are concatenated in process order).
       vfeat, afeat = (np.asarray(multihost_utils.process_allgather(f, tiled=True))[
           jax.process_index() * local:(jax.process_index() + 1) * local] for f in features)
-      targets = {k: batch[k] for k in input_pipeline.TARGET_KEYS[config.stage]}
+      targets = {k: batch[k] for k in TARGET_KEYS[config.stage]}
       for i in np.flatnonzero(mask):
         record = {'vfeat': vfeat[i], 'afeat': afeat[i], **{k: v[i] for k, v in targets.items()}}
         writer.write(input_pipeline.encode_feature_record(record))

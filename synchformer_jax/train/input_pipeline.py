@@ -11,22 +11,23 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from absl import flags
 from etils import epath
 from flax import serialization
 from ml_collections import ConfigDict
 
+from synchformer_jax.constants import TARGET_KEYS
 from synchformer_jax.data import builders, loader, transforms
 from synchformer_jax.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = {'avclip': transforms.STAGE_I, 'sync': transforms.STAGE_II, 'synchability': transforms.STAGE_III}
-TARGET_KEYS = {'avclip': (), 'sync': ('offset_target',), 'synchability': ('sync_target',)}
+STAGE_TRANSFORMS = {stage.name: stage for stage in (transforms.STAGE_I, transforms.STAGE_II, transforms.STAGE_III)}
 
 
 def stage_transforms(config: ConfigDict, cfg: ModelConfig) -> transforms.Stage:
   """The stage's data pipeline, producing frames of the model's input size."""
-  return dataclasses.replace(STAGES[config.stage], output_size=cfg.video.crop)
+  return dataclasses.replace(STAGE_TRANSFORMS[config.stage], output_size=cfg.video.crop)
 
 
 def _model_inputs(example: Mapping[str, Any], stage_name: str) -> dict[str, np.ndarray]:
@@ -43,6 +44,20 @@ def open_sources(config: ConfigDict) -> dict[str, Any]:
       builders.build('synthetic_sync', data_dir=data_dir, num_clips=config.data.num_clips)
   return {'train': loader.open_split(config.data.name, config.data.train_split, data_dir),
           'eval': loader.open_split(config.data.name, config.data.eval_split, data_dir)}
+
+
+def process_shard() -> loader.ProcessShard:
+  """This process's share of every global batch."""
+  return loader.ProcessShard(jax.process_index(), jax.process_count())
+
+
+def _pipeline_options(config: ConfigDict) -> loader.PipelineOptions:
+  if config.data.workers > 0 and not flags.FLAGS.is_parsed():
+    # grain 0.2.18 reads an absl flag when starting workers next to JAX and raises UnparsedFlagAccessError
+    # unless flags were parsed (google/grain#1355, fixed upstream later); programs without absl.app have none.
+    flags.FLAGS.mark_as_parsed()
+  return loader.PipelineOptions(worker_count=config.data.workers, read_threads=config.data.read_threads,
+                                max_failure_rate=config.data.max_failure_rate)
 
 
 def local_batch_size(config: ConfigDict) -> int:
@@ -74,10 +89,8 @@ def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.Failur
     step = loader.TrainExample(stage_transforms(config, cfg), offset_type=config.data.offset_type,
                                prob_oos=config.data.prob_oos, original_decoder=config.data.original_decoder)
     example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
-  options = loader.PipelineOptions(worker_count=config.data.workers, read_threads=config.data.read_threads,
-                                   max_failure_rate=config.data.max_failure_rate)
   dataset = loader.train_dataset([loader.Component(source, example)], batch_size=local_batch_size(config),
-                                 seed=config.seed, options=options)
+                                 seed=config.seed, shard=process_shard(), options=_pipeline_options(config))
   return iter(dataset)
 
 
@@ -94,7 +107,8 @@ def _eval_clips(config: ConfigDict, source):
 
 
 def _eval_pass(config: ConfigDict, source, example):
-  return loader.eval_dataset(source, example, batch_size=config.batch_size // jax.process_count(), seed=config.seed)
+  return loader.eval_dataset(source, example, batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                             shard=process_shard())
 
 
 def _clip_windows(config: ConfigDict, cfg: ModelConfig, source, fixed_offsets: bool):

@@ -21,12 +21,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from synchformer_jax import checkpointing, pretrained, profiling, sharding
-from synchformer_jax.data import loader
-from synchformer_jax.models.config import ModelConfig, config_for_size
-from synchformer_jax.train import evaluation, features, input_pipeline, trainer
-from synchformer_jax.train.config import validate
-from synchformer_jax.train.metrics import MetricWriter
+from synchformer_jax import checkpointing, pretrained, sharding
+from synchformer_jax.models.config import ModelConfig
+from synchformer_jax.train import evaluation, features, input_pipeline, mfu, trainer
+from synchformer_jax.train.config import model_config, validate
+from synchformer_jax.train.metric_log import MetricWriter
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,6 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
 def _is_lead_process() -> bool:
   """Whether this process writes the run's shared files (metrics, config, exported models, figures)."""
   return jax.process_index() == 0
-
-
-def model_config(config: ConfigDict) -> ModelConfig:
-  base = config_for_size(config.stage, config.model.size)
-  return base.replace(dtype=config.model.dtype, remat=config.model.remat, remat_policy=config.model.remat_policy,
-                      attention_impl=config.model.attention_impl or None)
 
 
 def _initialiser(config: ConfigDict, cfg: ModelConfig):
@@ -138,7 +131,7 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
   accum = config.optim.grad_accum
   clips_per_step = config.batch_size
-  peak_flops = profiling.peak_flops_per_device()
+  peak_flops = mfu.peak_flops_per_device()
   flops_per_step = None
   preemption = _Preemption()
   progress = _ProgressBar(step, config.total_steps, enabled=_is_lead_process())
@@ -148,9 +141,9 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
       start = time.perf_counter()
       step_metrics = []
       for _ in range(accum):
-        batch = loader.to_global_batch(next(train_iter), mesh, sharding.BATCH_AXES)
+        batch = sharding.to_global_batch(next(train_iter), mesh)
         if peak_flops and flops_per_step is None:
-          flops_per_step = accum * profiling.step_flops(steps.train_step, state, batch)
+          flops_per_step = accum * mfu.step_flops(steps.train_step, state, batch)
         state, m = steps.train_step(state, batch)
         step_metrics.append(m)
       metrics = {k: float(np.mean([jax.device_get(m[k]) for m in step_metrics])) for k in step_metrics[0]}

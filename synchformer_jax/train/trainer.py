@@ -17,12 +17,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from synchformer_jax import sharding
+from synchformer_jax.constants import TARGET_KEY
 from synchformer_jax.models import build_model, classification_loss
 from synchformer_jax.models.config import ModelConfig
 from synchformer_jax.train.optim import make_optimizer
 
 FROZEN_TOWERS = ('vfeat_extractor', 'afeat_extractor')
-TARGET_KEY = {'sync': 'offset_target', 'synchability': 'sync_target'}
 
 
 def trainable(kind: str):

@@ -1,16 +1,10 @@
 """Grain pipelines: determinism, sharding, resumption, failure replacement, mixtures, global arrays."""
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
-import jax
 import numpy as np
 import pytest
 
 from synchformer_jax.data import builders, loader, synthetic
-from tests.conftest import REPO_ROOT
 
 ONE_PROCESS = loader.ProcessShard(0, 1)
 
@@ -192,31 +186,6 @@ def test_eval_pads_every_process_to_whole_batches_and_masks_the_padding():
 def test_eval_names_a_failing_clip():
   with pytest.raises(RuntimeError, match='evaluation clip clip0 failed'):
     list(loader.eval_dataset(ListSource(range(3)), always_fails, batch_size=2, shard=ONE_PROCESS))
-
-
-def test_global_batch_on_this_process_devices():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-  batch = {'video': np.arange(4 * len(jax.devices()) * 3).reshape(-1, 3), 'mask': np.ones(4 * len(jax.devices()), bool)}
-  arrays = loader.to_global_batch(batch, mesh, 'data')
-  assert arrays['video'].sharding.spec == jax.sharding.PartitionSpec('data')
-  np.testing.assert_array_equal(np.asarray(arrays['video']), batch['video'])
-
-
-def test_global_batch_splits_the_batch_over_the_data_axis():
-  # Two host devices need a fresh JAX, hence a subprocess.
-  code = textwrap.dedent(
-      """
-      import jax, numpy as np
-      from synchformer_jax.data import loader
-      mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 1), ('data', 'model'))
-      arrays = loader.to_global_batch({'x': np.arange(8).reshape(4, 2)}, mesh, 'data')
-      rows = sorted((s.device.id, s.data[:, 0].tolist()) for s in arrays['x'].addressable_shards)
-      assert arrays['x'].shape == (4, 2) and rows == [(0, [0, 2]), (1, [4, 6])], rows
-      """
-  )
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
-  result = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_model_inputs_from_the_default_synthetic_data(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 
 import synchformer_jax
 from synchformer_jax.data import synthetic
-from synchformer_jax.data.decode import AUDIO_RATE, VIDEO_FPS, decode_clip
+from synchformer_jax.constants import AUDIO_RATE, VIDEO_FPS
+from synchformer_jax.data.decode import decode_clip
 from synchformer_jax.models import build_model, config_for_size
 from tests.conftest import REPO_ROOT, SHARED_DIR, require_fixture
 

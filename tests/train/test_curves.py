@@ -1,13 +1,12 @@
-"""Training curves: metrics.jsonl is read back into training and evaluation records and drawn as one PNG."""
+"""A run's metric log read back, and scripts/plot_curves.py drawing every run into one PNG."""
 import json
 import subprocess
 import sys
 
 import matplotlib.image
-import numpy as np
 import pytest
 
-from synchformer_jax.train import curves
+from synchformer_jax.train import metric_log
 from tests.conftest import REPO_ROOT
 
 
@@ -21,15 +20,11 @@ def _workdir(tmp_path, name: str, steps: int = 40):
 
 
 def test_read_metrics_splits_training_and_evaluation_records(tmp_path):
-  train, evals = curves.read_metrics(str(_workdir(tmp_path, 'run')))
+  train, evals = metric_log.read_metrics(str(_workdir(tmp_path, 'run')))
   assert [r['step'] for r in train] == list(range(1, 41))
   assert [r['step'] for r in evals] == [20, 40] and evals[1]['eval/accuracy_1_tol1'] == 1.0
   with pytest.raises(FileNotFoundError, match='no metrics.jsonl'):
-    curves.read_metrics(str(tmp_path))
-
-
-def test_smooth_is_a_trailing_mean():
-  np.testing.assert_allclose(curves.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+    metric_log.read_metrics(str(tmp_path))
 
 
 def test_script_draws_every_run(tmp_path):

@@ -9,8 +9,8 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from synchformer_jax import pretrained, sharding
 from synchformer_jax.train import features, input_pipeline, trainer
-from synchformer_jax.train.config import base_config
-from synchformer_jax.train.loop import model_config, train
+from synchformer_jax.train.config import base_config, model_config
+from synchformer_jax.train.loop import train
 from tests.train.conftest import TRAIN_CLIPS
 
 

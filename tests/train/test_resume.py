@@ -1,7 +1,6 @@
 """Recovery: a run killed with SIGKILL and resumed logs exactly the losses of an uninterrupted run;
 SIGTERM saves and exits cleanly; an unreadable latest checkpoint falls back to the previous one."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -17,6 +17,7 @@ import av
 import numpy as np
 from etils import epath
 
+from synchformer_jax.constants import AUDIO_RATE, VIDEO_FPS
 from synchformer_jax.data import synthetic
 
 
@@ -28,8 +29,8 @@ class ClipError(Exception):
 class ClipRequirements:
   """What the model's input pipeline needs from a clip (data.md §1.1, §1.6)."""
 
-  fps: float = 25.0
-  audio_rate: int = 16000
+  fps: float = float(VIDEO_FPS)
+  audio_rate: int = AUDIO_RATE
   min_side: int = 224  # the test transforms centre-crop 224 x 224
   min_duration_sec: float = 9.0  # the original's '< 9 s' filter lists
 

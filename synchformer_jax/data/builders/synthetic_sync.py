@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from synchformer_jax.constants import MAX_OFFSET_SEC
 from synchformer_jax.data import synthetic
 from synchformer_jax.data.builders import base
 from synchformer_jax.data.builders import clips as clips_lib
+from synchformer_jax.data.transforms import CLIP_MAX_SEC, OFFSET_CROP_SEC
 
 DEFAULT_SPLIT_SIZES = {'train': 2000, 'valid': 250, 'test': 250}
 # Folded into every seed so that splits never share a clip.
 _SPLIT_IDS = {'train': 0, 'valid': 1, 'test': 2}
 _EVAL_SPLITS = ('valid', 'test')
-# The Stage II crop and grid, for drawing fixed evaluation offsets (data.md §2.3).
-_CROP_SEC, _MAX_OFFSET_SEC, _CLIP_MAX_LEN_SEC = 5.0, 2.0, 10.0
 
 
 class SyntheticSync(base.ClipDatasetBuilder):
@@ -48,10 +48,10 @@ class SyntheticSync(base.ClipDatasetBuilder):
     """
     if unknown := set(split_sizes) - set(_SPLIT_IDS):
       raise ValueError(f'unknown splits {sorted(unknown)}; known: {list(_SPLIT_IDS)}')
-    if spec.duration_sec < _CROP_SEC + 2 * _MAX_OFFSET_SEC:
+    if spec.duration_sec < OFFSET_CROP_SEC + 2 * MAX_OFFSET_SEC:
       raise ValueError(
-          f'clips of {spec.duration_sec} s cannot hold a {_CROP_SEC}-s crop at every offset up to '
-          f'+-{_MAX_OFFSET_SEC} s; use at least {_CROP_SEC + 2 * _MAX_OFFSET_SEC} s'
+          f'clips of {spec.duration_sec} s cannot hold a {OFFSET_CROP_SEC}-s crop at every offset up to '
+          f'+-{MAX_OFFSET_SEC} s; use at least {OFFSET_CROP_SEC + 2 * MAX_OFFSET_SEC} s'
       )
     self._spec = spec
     self._split_sizes = dict(split_sizes)
@@ -79,7 +79,7 @@ class SyntheticSync(base.ClipDatasetBuilder):
 
   def _list_clips(self, dl_manager):
     del dl_manager  # nothing to read: clips are generated
-    num_frames = int(self._spec.fps * min(_CLIP_MAX_LEN_SEC, self._spec.duration_sec))
+    num_frames = int(self._spec.fps * min(CLIP_MAX_SEC, self._spec.duration_sec))
     listed = {}
     for split, size in self._split_sizes.items():
       split_id = _SPLIT_IDS[split]
@@ -88,9 +88,7 @@ class SyntheticSync(base.ClipDatasetBuilder):
       for index in range(size):
         fields: dict[str, Any] = {'seed': (self._seed, split_id, index)}
         if split in _EVAL_SPLITS:
-          offset, vstart = synthetic.sample_offset_and_vstart(
-              offsets_rng, num_frames, fps=self._spec.fps, crop_sec=_CROP_SEC, max_offset_sec=_MAX_OFFSET_SEC
-          )
+          offset, vstart = synthetic.sample_offset_and_vstart(offsets_rng, num_frames, fps=self._spec.fps)
           fields.update(offset_sec=offset, vstart_sec=vstart)
         clips.append(clips_lib.ListedClip(clip_id=f'{split}/{index:07d}', metadata=fields))
       listed[split] = clips

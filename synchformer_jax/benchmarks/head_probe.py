@@ -21,21 +21,22 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from synchformer_jax.data.audio import HOP_LENGTH, SAMPLE_RATE
-from synchformer_jax.data.transforms import OFFSET_GRID, SEGMENT_FRAMES, STAGE_II, VIDEO_FPS
+from synchformer_jax import metrics
+from synchformer_jax.constants import (AUDIO_RATE, NUM_OFFSET_CLASSES, OFFSET_GRID, SYNC_SEGMENT_STRIDE_SEC, TARGET_KEY,
+                                       VIDEO_FPS)
+from synchformer_jax.data.audio import HOP_LENGTH
 from synchformer_jax.models import build_model
-from synchformer_jax.models.config import NUM_OFFSET_CLASSES, ModelConfig
-from synchformer_jax.train import metrics, trainer
+from synchformer_jax.models.config import ModelConfig
+from synchformer_jax.train import trainer
 from synchformer_jax.train.optim import make_optimizer
 
-SEGMENT_STRIDE_SEC = STAGE_II.step_seg * SEGMENT_FRAMES / VIDEO_FPS  # 0.32 s: 0.64-s segments at 50 % overlap
-MEL_HOP_SEC = HOP_LENGTH / SAMPLE_RATE
+MEL_HOP_SEC = HOP_LENGTH / AUDIO_RATE
 OFFSETS_SEC = OFFSET_GRID.astype(np.float64)
 
 
 def token_times(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
   """Centres, in seconds from the window's start, of the video (S, Tv) and audio (S, Ta) segment tokens."""
-  segments = SEGMENT_STRIDE_SEC * np.arange(cfg.transformer.n_segments)[:, None]
+  segments = SYNC_SEGMENT_STRIDE_SEC * np.arange(cfg.transformer.n_segments)[:, None]
   tubelet = cfg.video.tubelet
   video = segments + (tubelet * np.arange(cfg.video.time_tokens) + (tubelet - 1) / 2) / VIDEO_FPS
   audio = segments + (cfg.audio.stride * np.arange(cfg.audio.time_tokens) + (cfg.audio.patch - 1) / 2) * MEL_HOP_SEC
@@ -77,7 +78,7 @@ class SimulatedEvents:
       start = self.rng.uniform(0, self.beacon_period_sec, (size, 1, 1))
       vfeat += self._beacon(start + self.video_times, self.video_beacon)
       afeat += self._beacon(start + self.audio_times + OFFSETS_SEC[targets][:, None, None], self.audio_beacon)
-    return {'vfeat': vfeat, 'afeat': afeat, 'offset_target': targets}
+    return {'vfeat': vfeat, 'afeat': afeat, TARGET_KEY['sync']: targets}
 
   def _beacon(self, times: np.ndarray, directions: np.ndarray) -> np.ndarray:
     phase = 2 * np.pi * times / self.beacon_period_sec
@@ -138,7 +139,7 @@ def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: i
     losses.append(train_step(model, optimizer, windows.batch(batch_size)))
     if step % eval_every == 0 or step == steps:
       model.eval()
-      held_out_metrics = metrics.offset_metrics(np.asarray(logits(model, held_out)), held_out['offset_target'])
+      held_out_metrics = metrics.offset_metrics(np.asarray(logits(model, held_out)), held_out[TARGET_KEY['sync']])
       model.train()
       curve.append({'step': step, 'loss': float(np.mean(jax.device_get(losses))),
                     'accuracy_1': held_out_metrics['accuracy_1'], 'accuracy_1_tol1': held_out_metrics['accuracy_1_tol1'],

@@ -1,7 +1,12 @@
-"""PNG figures of predictions, evaluations and attributions (matplotlib, Agg backend)."""
+"""PNG figures of predictions, evaluations, attributions and training runs (matplotlib, Agg backend).
+
+Every function writes its figure to `path` and returns it (closed: its artists stay readable), so what a
+figure shows can be checked.
+"""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import matplotlib
@@ -11,13 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 
-def save_figure(fig, path: str) -> None:
+def save_figure(fig, path: str, dpi: int = 100):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches='tight')
+  fig.savefig(path, dpi=dpi, bbox_inches='tight')
   plt.close(fig)
+  return fig
 
 
-def plot_offset_curve(curve, path: str, title: str = '') -> None:
+def plot_offset_curve(curve, path: str, title: str = '') -> plt.Figure:
   """The offset over time: each window's distribution (shade), its top offset (dots) and the consensus."""
   probs = curve.probs
   centres = curve.start_sec + curve.window_sec / 2
@@ -37,10 +43,10 @@ def plot_offset_curve(curve, path: str, title: str = '') -> None:
   ax.set_ylabel('offset (s; + = audio early)')
   ax.set_title(title or f'offset over time (applied {curve.applied_offset_sec:+.2f} s)')
   ax.legend(loc='upper right', fontsize=8)
-  save_figure(fig, path)
+  return save_figure(fig, path)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str, title: str = '') -> None:
+def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str, title: str = '') -> plt.Figure:
   """Row-normalised confusion matrix (rows: targets), with counts in the cells."""
   matrix = np.asarray(matrix)
   rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -57,10 +63,10 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str, 
   ax.set_xlabel('predicted')
   ax.set_ylabel('target')
   ax.set_title(title)
-  save_figure(fig, path)
+  return save_figure(fig, path)
 
 
-def plot_roc(roc: dict[str, Any], auc: float, path: str, title: str = '') -> None:
+def plot_roc(roc: dict[str, Any], auc: float, path: str, title: str = '') -> plt.Figure:
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
   ax.plot(roc['fpr'], roc['tpr'], color='tab:blue', label=f'AUC {auc:.3f}')
   ax.plot([0, 1], [0, 1], color='grey', ls=':', label='chance')
@@ -70,14 +76,14 @@ def plot_roc(roc: dict[str, Any], auc: float, path: str, title: str = '') -> Non
   ax.set_ylabel('true positive rate')
   ax.set_title(title or 'synchronizability ROC')
   ax.legend(loc='lower right')
-  save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
   return x / max(float(np.max(x)), 1e-12)
 
 
-def plot_attribution(attribution, path: str, n_frames: int = 8) -> None:
+def plot_attribution(attribution, path: str, n_frames: int = 8) -> plt.Figure:
   """Fig. 3 of the paper: frames with their evidence, the spectrogram with its evidence, importance over time.
 
   Times are within each stream's window, so evidence of the same event appears `offset` apart when the
@@ -120,4 +126,52 @@ def plot_attribution(attribution, path: str, n_frames: int = 8) -> None:
   fig.suptitle(f'{a.name}: explained offset {a.explained_offset_sec:+.2f} s; predicted {p.offset_sec:+.2f} s '
                f'(p={p.prob:.2f}); applied {p.applied_offset_sec:+.2f} s; video window from {a.video_start_sec:.2f} s, '
                f'audio from {a.audio_start_sec:.2f} s', fontsize=10)
-  save_figure(fig, path)
+  return save_figure(fig, path)
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+  """Trailing mean over up to `window` values (shorter at the start)."""
+  sums = np.cumsum(np.concatenate([[0.0], values]))
+  ends = np.arange(1, len(values) + 1)
+  starts = np.maximum(ends - window, 0)
+  return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def plot_training_curves(runs: Mapping[str, tuple[Sequence[Mapping], Sequence[Mapping]]], path: str, *,
+                         chance_loss: Mapping[str, float] | None = None) -> plt.Figure:
+  """One row per run (label → (training records, evaluation records), as `train.metric_log.read_metrics`
+  gives them): training loss (raw and smoothed) and the evaluation metrics."""
+  fig, axes = plt.subplots(len(runs), 2, figsize=(12, 3.6 * len(runs)), squeeze=False)
+  for (label, (train, evals)), (loss_ax, eval_ax) in zip(runs.items(), axes):
+    steps = np.array([r['step'] for r in train])
+    loss = np.array([r['loss'] for r in train])
+    loss_ax.plot(steps, loss, color='0.8', lw=0.6, label='loss')
+    loss_ax.plot(steps, smooth(loss, max(len(loss) // 30, 1)), color='tab:blue', label='smoothed')
+    if chance_loss and label in chance_loss:
+      loss_ax.axhline(chance_loss[label], color='tab:red', ls=':', label=f'chance {chance_loss[label]:.3f}')
+    loss_ax.set(title=f'{label}: training loss', xlabel='step')
+    loss_ax.legend(fontsize=8)
+    eval_keys = sorted({k for r in evals for k in r if k.startswith('eval/')})
+    for key in eval_keys:
+      points = [(r['step'], r[key]) for r in evals if key in r]
+      eval_ax.plot(*zip(*points), 'o-', label=key.removeprefix('eval/'))
+    eval_ax.set(title=f'{label}: evaluation', xlabel='step', ylim=(0, 1.02))
+    if eval_keys:
+      eval_ax.legend(fontsize=8)
+  fig.tight_layout()
+  return save_figure(fig, path)
+
+
+def plot_segment_similarity(vfeat: np.ndarray, afeat: np.ndarray, path: str, max_clips: int = 4) -> plt.Figure:
+  """The v2a and a2v segment similarity matrices of the first clips (B, S, D), each row min-max scaled."""
+  v = vfeat[:max_clips].reshape(-1, vfeat.shape[-1])
+  a = afeat[:max_clips].reshape(-1, afeat.shape[-1])
+  fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+  for ax, (title, sim) in zip(axes, (('v2a', v @ a.T), ('a2v', a @ v.T))):
+    lo, hi = sim.min(axis=1, keepdims=True), sim.max(axis=1, keepdims=True)
+    ax.imshow((sim - lo) / np.maximum(hi - lo, 1e-12), cmap='viridis')
+    ax.set_title(f'{title} similarity ({len(v)} segments)')
+    ax.set_xlabel('audio segment' if title == 'v2a' else 'video segment')
+    ax.set_ylabel('video segment' if title == 'v2a' else 'audio segment')
+  fig.tight_layout()
+  return save_figure(fig, path, dpi=80)

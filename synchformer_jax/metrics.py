@@ -1,14 +1,13 @@
-"""Evaluation metrics as the original computes them (numpy, on gathered outputs), and metric writers."""
+"""Evaluation metrics as the original computes them (numpy, on gathered outputs): what training's
+evaluation and the inference tools report."""
 from __future__ import annotations
-
-import json
-import os
-from typing import Any, Mapping
 
 import numpy as np
 
+from synchformer_jax.constants import NUM_OFFSET_CLASSES
 
-def offset_metrics(logits: np.ndarray, targets: np.ndarray, num_classes: int = 21) -> dict[str, float]:
+
+def offset_metrics(logits: np.ndarray, targets: np.ndarray, num_classes: int = NUM_OFFSET_CLASSES) -> dict[str, float]:
   """acc@1, acc@5 and acc@1 ±1 class (the original's `calc_cls_metrics`), plus per-class accuracy."""
   logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
   order = np.argsort(-logits, axis=-1, kind='stable')
@@ -42,6 +41,18 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
       ranks[order[start:end]] = (start + end + 1) / 2
       start = end
   return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+  """False and true positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+  order = np.argsort(-scores, kind='stable')
+  scores, labels = scores[order], labels[order]
+  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+  tp, fp = np.cumsum(labels)[last_of_tie], np.cumsum(~labels)[last_of_tie]
+  tpr = np.r_[0.0, tp / max(labels.sum(), 1)]
+  fpr = np.r_[0.0, fp / max((~labels).sum(), 1)]
+  return {'fpr': fpr.tolist(), 'tpr': tpr.tolist(), 'thresholds': np.r_[np.inf, scores[last_of_tie]].tolist()}
 
 
 def synchronizability_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -80,45 +91,3 @@ def segment_retrieval(vfeat: np.ndarray, afeat: np.ndarray) -> dict[str, float]:
   target = np.arange(len(v))
   return {'v2a_recall_1': float(np.mean(np.argmax(sim, axis=1) == target)),
           'a2v_recall_1': float(np.mean(np.argmax(sim, axis=0) == target))}
-
-
-METRICS_FILE = 'metrics.jsonl'  # in a run's workdir: one JSON object per logged step
-
-
-class MetricWriter:
-  """Per-step metrics to `metrics.jsonl` (one object per line) and to TensorBoard event files."""
-
-  def __init__(self, workdir: str, enabled: bool = True):
-    """`enabled=False` (every process of a multi-host run but the first) writes nothing."""
-    from tensorboardX import SummaryWriter  # imported here: only training writes events
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self.enabled = enabled
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard')) if enabled else None
-
-  def truncate_after(self, step: int) -> None:
-    """Drops lines of steps after `step`: a resumed run re-logs them."""
-    if not self.enabled or not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
-
-  def write(self, step: int, metrics: Mapping[str, Any], prefix: str = '') -> None:
-    if not self.enabled:
-      return
-    scalars = {f'{prefix}{k}': float(v) for k, v in metrics.items()}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': step, **scalars}) + '\n')
-    for name, value in scalars.items():
-      self._tb.add_scalar(name, value, step)
-
-  def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
-
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()

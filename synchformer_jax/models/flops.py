@@ -9,7 +9,8 @@ from __future__ import annotations
 from synchformer_jax.models.config import AudioTowerConfig, ModelConfig, SyncTransformerConfig, VideoTowerConfig
 
 
-def _linear(tokens: int, d_in: int, d_out: int) -> int:
+def linear(tokens: int, d_in: int, d_out: int) -> int:
+  """A dense layer (or patch embedding) applied to `tokens` tokens."""
   return 2 * tokens * d_in * d_out
 
 
@@ -18,35 +19,35 @@ def _attention_core(queries: int, keys: int, dim: int) -> int:
   return 2 * (2 * queries * keys * dim)
 
 
-def _pre_norm_block(tokens: int, dim: int, mlp_dim: int) -> int:
+def pre_norm_block(tokens: int, dim: int, mlp_dim: int) -> int:
   """Self-attention over all tokens plus the MLP."""
-  return (_linear(tokens, dim, 3 * dim) + _attention_core(tokens, tokens, dim) + _linear(tokens, dim, dim)
-          + _linear(tokens, dim, mlp_dim) + _linear(tokens, mlp_dim, dim))
+  return (linear(tokens, dim, 3 * dim) + _attention_core(tokens, tokens, dim) + linear(tokens, dim, dim)
+          + linear(tokens, dim, mlp_dim) + linear(tokens, mlp_dim, dim))
 
 
 def video_segment(cfg: VideoTowerConfig) -> int:
   """Motionformer on one segment: tubelet embedding, divided space-time blocks, spatial aggregation."""
   t, p, d = cfg.time_tokens, cfg.grid ** 2, cfg.dim
   tokens = 1 + t * p
-  embed = _linear(t * p, 3 * cfg.tubelet * cfg.patch ** 2, d)
+  embed = linear(t * p, 3 * cfg.tubelet * cfg.patch ** 2, d)
   # Each divided attention: q|k|v and output projections over all tokens; the CLS query over every key;
   # patch queries within their group plus the CLS key (P groups of T over time, T groups of P over space).
-  projections = _linear(tokens, d, 3 * d) + _linear(tokens, d, d)
+  projections = linear(tokens, d, 3 * d) + linear(tokens, d, d)
   cls_query = _attention_core(1, tokens, d)
   time_attention = projections + cls_query + p * _attention_core(t, t + 1, d)
   space_attention = projections + cls_query + t * _attention_core(p, p + 1, d)
-  mlp = _linear(tokens, d, cfg.mlp_dim) + _linear(tokens, cfg.mlp_dim, d)
+  mlp = linear(tokens, d, cfg.mlp_dim) + linear(tokens, cfg.mlp_dim, d)
   blocks = cfg.depth * (time_attention + space_attention + mlp)
-  aggregation = t * _pre_norm_block(1 + p, d, cfg.mlp_dim)
+  aggregation = t * pre_norm_block(1 + p, d, cfg.mlp_dim)
   return embed + blocks + aggregation
 
 
 def audio_segment(cfg: AudioTowerConfig) -> int:
   """AST on one segment: strided patch embedding, ViT layers, frequency aggregation."""
   f, t, d = cfg.freq_tokens, cfg.time_tokens, cfg.dim
-  embed = _linear(f * t, cfg.patch ** 2, d)
-  layers = cfg.depth * _pre_norm_block(2 + f * t, d, cfg.mlp_dim)
-  aggregation = t * _pre_norm_block(1 + f, d, cfg.mlp_dim)
+  embed = linear(f * t, cfg.patch ** 2, d)
+  layers = cfg.depth * pre_norm_block(2 + f * t, d, cfg.mlp_dim)
+  aggregation = t * pre_norm_block(1 + f, d, cfg.mlp_dim)
   return embed + layers + aggregation
 
 
@@ -54,10 +55,10 @@ def sync_head(cfg: ModelConfig) -> int:
   """Projections, the global transformer over [OFF, video, MOD, audio] tokens, and the class head."""
   tr: SyncTransformerConfig = cfg.transformer
   s = tr.n_segments
-  projections = (_linear(s * cfg.video.time_tokens, cfg.video.dim, tr.dim)
-                 + _linear(s * cfg.audio.time_tokens, cfg.audio.dim, tr.dim))
-  layers = tr.layers * _pre_norm_block(cfg.num_positions, tr.dim, tr.mlp_dim)
-  return projections + layers + _linear(1, tr.dim, cfg.num_classes)
+  projections = (linear(s * cfg.video.time_tokens, cfg.video.dim, tr.dim)
+                 + linear(s * cfg.audio.time_tokens, cfg.audio.dim, tr.dim))
+  layers = tr.layers * pre_norm_block(cfg.num_positions, tr.dim, tr.mlp_dim)
+  return projections + layers + linear(1, tr.dim, cfg.num_classes)
 
 
 def forward_flops(cfg: ModelConfig, segments: int | None = None) -> dict[str, int]:

@@ -16,15 +16,16 @@ from typing import Iterable, Iterator
 from flax import nnx
 from tqdm import tqdm
 
-from synchformer_jax.data.decode import AUDIO_RATE, VIDEO_FPS, DecodeError, MediaFile
+from synchformer_jax.constants import AUDIO_RATE, VIDEO_FPS
+from synchformer_jax.data.decode import MediaFile
 from synchformer_jax.data.transforms import CLIP_MAX_SEC
-from synchformer_jax.inference.api import (DEFAULT_CHUNK_SIZE, OffsetCurve, OffsetPrediction, OffsetSearch,
-                                           offset_curve, predict_offsets, search_offset)
+from synchformer_jax.errors import InputError
+from synchformer_jax.inference.compiled import DEFAULT_CHUNK_SIZE
+from synchformer_jax.inference.results import OffsetCurve, OffsetPrediction, OffsetSearch
+from synchformer_jax.inference.windows import offset_curve, predict_offsets, search_offset
 
 MODES = ('auto', 'single', 'sliding', 'search')
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.mov', '.avi', '.webm', '.m4v', '.mpg', '.mpeg', '.ts', '.flv')
-# Errors that belong to one input file (unreadable, too short, a bad value in its CSV row), not to the program.
-FILE_ERRORS = (DecodeError, OSError, ValueError)
 RESULT_COLUMNS = ('path', 'offset_sec', 'v_start_sec', 'mode', 'pred_offset_sec', 'prob', 'pred_class', 'top_k',
                   'error')
 
@@ -41,7 +42,7 @@ class PredictOptions:
 
   def __post_init__(self):
     if self.mode not in MODES:
-      raise ValueError(f'mode: expected one of {MODES}, got {self.mode!r}')
+      raise InputError(f'mode: expected one of {MODES}, got {self.mode!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,7 @@ def resolve_mode(path: str, mode: str, original_decoder: bool = False) -> str:
 
 
 def predict_file(model: nnx.Module, item: FileItem, options: PredictOptions) -> tuple[str, Result]:
-  """(the mode used, its result) for one file. Raises one of FILE_ERRORS for a bad file."""
+  """(the mode used, its result) for one file. Raises an `InputError` for a bad file."""
   mode = resolve_mode(item.path, options.mode, options.original_decoder)
   common = {'offset_sec': item.offset_sec, 'original_decoder': options.original_decoder}
   if mode == 'single':
@@ -88,7 +89,7 @@ def file_prediction(result: Result) -> OffsetPrediction:
 def items_in_directory(directory: str, offset_sec: float = 0.0, v_start_sec: float = 0.0) -> list[FileItem]:
   """The video files (by extension) directly in `directory`, sorted, each with the same offset and start."""
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'{directory}: not a directory')
+    raise InputError(f'{directory}: not a directory')
   return [FileItem(str(p), offset_sec, v_start_sec) for p in sorted(Path(directory).iterdir())
           if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
 
@@ -99,10 +100,12 @@ def items_from_csv(path: str) -> list[FileItem]:
 
   A row whose numbers do not parse is kept with NaN, so that it fails alone (as its file would).
   """
+  if not os.path.isfile(path):
+    raise InputError(f'{path}: no such CSV file')
   with open(path, newline='') as f:
     reader = csv.DictReader(f)
     if not reader.fieldnames or 'path' not in reader.fieldnames:
-      raise ValueError(f'{path}: expected a header with a `path` column (and optionally offset_sec, v_start_sec), '
+      raise InputError(f'{path}: expected a header with a `path` column (and optionally offset_sec, v_start_sec), '
                        f'got {reader.fieldnames}')
     rows = list(reader)
   base = os.path.dirname(os.path.abspath(path))
@@ -123,19 +126,23 @@ def _check_item(item: FileItem) -> None:
   for name in ('offset_sec', 'v_start_sec'):
     value = getattr(item, name)
     if value != value:  # NaN: the CSV cell was not a number
-      raise ValueError(f'{item.path}: {name} in the CSV is not a number')
+      raise InputError(f'{item.path}: {name} in the CSV is not a number')
 
 
 def predict_files(model: nnx.Module, items: Iterable[FileItem], options: PredictOptions, *,
                   progress: bool = True) -> Iterator[dict[str, str]]:
-  """One results row per file (RESULT_COLUMNS), in order; a file that fails gets its error in `error`."""
+  """One results row per file (RESULT_COLUMNS), in order; a bad file gets its `InputError` in `error`.
+
+  Any other exception is a fault of the program, not of one file: it stops the batch (the rows so far are
+  written by `write_results_csv`).
+  """
   items = list(items)
   for item in tqdm(items, desc='predicting', unit='file', disable=not progress):
     row = {'path': item.path, 'offset_sec': item.offset_sec, 'v_start_sec': item.v_start_sec}
     try:
       _check_item(item)
       mode, result = predict_file(model, item, options)
-    except FILE_ERRORS as e:
+    except InputError as e:
       yield row | {'error': f'{type(e).__name__}: {e}'}
       continue
     prediction = file_prediction(result)

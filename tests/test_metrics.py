@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from synchformer_jax.train import metrics
+from synchformer_jax import metrics
 
 
 def test_offset_metrics_top1_top5_and_tolerance():
@@ -41,3 +41,13 @@ def test_shifted_window_precision_is_1_for_matching_streams_and_low_for_shuffled
 def test_confusion_matrix_counts_target_rows_and_prediction_columns():
   m = metrics.confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
   assert m.tolist() == [[1, 1], [0, 1]]
+
+
+def test_roc_curve_encloses_the_metrics_auc_also_with_ties():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 200)
+  scores = np.round(rng.random(200) * 0.6 + 0.4 * labels, 1)  # coarse: many tied scores
+  roc = metrics.roc_curve(scores, labels == 1)
+  assert roc['fpr'][0] == roc['tpr'][0] == 0 and roc['fpr'][-1] == roc['tpr'][-1] == 1
+  assert np.all(np.diff(roc['fpr']) >= 0) and np.all(np.diff(roc['tpr']) >= 0)
+  np.testing.assert_allclose(np.trapezoid(roc['tpr'], roc['fpr']), metrics.roc_auc(scores, labels))

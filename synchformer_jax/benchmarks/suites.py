@@ -1,0 +1,126 @@
+"""The benchmarks of `scripts/benchmark.py`: each returns a JSON-able record of what it measured."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from synchformer_jax import sharding
+from synchformer_jax.benchmarks import head_probe as head_probe_lib
+from synchformer_jax.benchmarks.harness import batch_shapes, peak_rss_gib, random_batch, time_calls, time_compiled, xla_analyses
+from synchformer_jax.benchmarks.hlo_flops import matmul_flops
+from synchformer_jax.models import build_model
+from synchformer_jax.models.config import ModelConfig, config_for_size
+from synchformer_jax.models.flops import forward_flops
+from synchformer_jax.train import input_pipeline, trainer
+from synchformer_jax.train.config import base_config
+from synchformer_jax.train.mfu import flops_and_mfu, train_step_flops
+
+
+def stage2_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+  """Times a Stage II (or synchronizability) eval forward on random inputs of the config's shapes.
+
+  At batch 1 this is the inference latency of one window (14 segments: 4.8 s of video).
+  """
+  model = build_model(cfg, seed)
+  model.eval()
+  graphdef, state = nnx.split(model)
+  inputs = random_batch(cfg, batch, seed)
+
+  def forward(state, video, audio):
+    return nnx.merge(graphdef, state)(video, audio)[0]
+
+  result = time_compiled(forward, state, jnp.asarray(inputs['video']), jnp.asarray(inputs['audio']), repeats=repeats)
+  return {**result, **flops_and_mfu(forward_flops(cfg)['total'] * batch, result['steady_s_median']),
+          'peak_rss_gib': peak_rss_gib()}
+
+
+def train_step(cfg: ModelConfig, batch: int, repeats: int = 3, seed: int = 0, warmup: int = 1) -> dict[str, Any]:
+  """Times the real jitted train step (optimiser update, donated state) on one device, random data.
+
+  With `warmup=0` the first step is timed too (it adds first-call allocations): for steps of minutes.
+  """
+  config = base_config(cfg.kind)
+  mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
+  graphdef, state, state_shardings = trainer.create_state(cfg, config.optim, config.total_steps, mesh, seed)
+  steps = trainer.make_trainer(cfg, mesh, graphdef, state_shardings)
+  data = jax.device_put(random_batch(cfg, batch, seed), sharding.batch_sharding(mesh))
+  start = time.perf_counter()
+  compiled = steps.train_step.lower(state, data).compile()
+  compile_s = time.perf_counter() - start
+
+  def step():
+    nonlocal state
+    state, metrics = compiled(state, data)
+    return state, metrics
+
+  result = {'compile_s': compile_s, **xla_analyses(compiled)}
+  try:
+    timing = time_calls(step, repeats, warmup)
+  except jax.errors.JaxRuntimeError as error:  # e.g. out of memory: the analyses above still say why
+    return {**result, 'error': str(error).splitlines()[0], 'peak_rss_gib': peak_rss_gib()}
+  return {**result, **timing, 'clips_per_s': batch / timing['steady_s_median'],
+          **flops_and_mfu(train_step_flops(cfg, batch), timing['steady_s_median']), 'peak_rss_gib': peak_rss_gib()}
+
+
+def forward_flops_check(cfg: ModelConfig, batch: int = 1) -> dict[str, Any]:
+  """The analytic forward FLOPs by part next to XLA's count of the same forward (lowered from abstract
+  parameters: nothing is allocated or compiled, so this is cheap at full size)."""
+  model = nnx.eval_shape(lambda: build_model(cfg))
+  model.eval()
+  graphdef, state = nnx.split(model)
+  inputs = batch_shapes(cfg, batch)
+  lowered = jax.jit(lambda state, video, audio: nnx.merge(graphdef, state)(video, audio)[0]).lower(
+      state, inputs['video'], inputs['audio'])
+  cost = lowered.cost_analysis()
+  xla = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
+  xla_matmul = matmul_flops(lowered.as_text(dialect='hlo'))
+  analytic = {part: flops * batch for part, flops in forward_flops(cfg).items()}
+  return {'analytic_flops': analytic, 'xla_flops': xla, 'xla_matmul_flops': xla_matmul,
+          'xla_over_analytic': xla / analytic['total'], 'xla_matmul_over_analytic': xla_matmul / analytic['total'],
+          'video_share': analytic['video'] / analytic['total']}
+
+
+def loader_throughput(batches, n_batches: int, batch_size: int) -> dict[str, Any]:
+  """Clips/s of an iterator of batches, after its first batch (worker start-up) is taken."""
+  iterator = iter(batches)
+  start = time.perf_counter()
+  next(iterator)
+  first_batch_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(n_batches):
+    next(iterator)
+  elapsed = time.perf_counter() - start
+  return {'first_batch_s': first_batch_s, 'clips_per_s': n_batches * batch_size / elapsed,
+          'load_average_1min': os.getloadavg()[0], 'peak_rss_gib': peak_rss_gib()}
+
+
+def loader_benchmark(stage: str, size: str, batch: int, workers: int, n_batches: int, data_dir: str) -> dict[str, Any]:
+  """`loader_throughput` of a stage's training pipeline on synthetic_sync (built under `data_dir` if absent)."""
+  config = base_config(stage)
+  config.update(batch_size=batch)
+  config.model.size = size
+  config.data.update(dir=data_dir, workers=workers)
+  sources = input_pipeline.open_sources(config)
+  batches = input_pipeline.train_batches(config, config_for_size(stage, size), sources['train'])
+  return loader_throughput(batches, n_batches, batch)
+
+
+def head_probe(cfg: ModelConfig, batch: int, steps: int, learning_rate: float, layers: int | None,
+               beacon_period_sec: float = 0.0) -> dict[str, Any]:
+  """Trains the Stage II head alone on simulated event features (`train.head_probe`) with Stage II's optimiser."""
+  if layers is not None:
+    cfg = cfg.replace(transformer=dataclasses.replace(cfg.transformer, layers=layers))
+  optim = base_config('sync').optim
+  optim.learning_rate = learning_rate
+  curve = head_probe_lib.train_head(cfg, optim, steps=steps, batch_size=batch, eval_every=max(1, steps // 12),
+                                    beacon_period_sec=beacon_period_sec)
+  return {'layers': cfg.transformer.layers, 'learning_rate': learning_rate, 'beacon_period_sec': beacon_period_sec,
+          'steps': steps, 'curve': curve,
+          'final': curve[-1] if curve else None,
+          'cross_correlation_accuracy_1': head_probe_lib.cross_correlation_accuracy(cfg), 'peak_rss_gib': peak_rss_gib()}

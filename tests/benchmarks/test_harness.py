@@ -1,0 +1,47 @@
+"""The benchmark harness: XLA's FLOP counts of HLO, the AOT timing record, the train-step benchmark, Markdown rows."""
+import jax
+import jax.numpy as jnp
+
+from synchformer_jax.benchmarks import harness, report, suites
+from synchformer_jax.benchmarks.hlo_flops import matmul_flops
+from synchformer_jax.models.config import config_for_size
+from synchformer_jax.train import mfu
+
+
+def test_step_flops_counts_a_matmul():
+  f = jax.jit(lambda a, b: a @ b)
+  assert mfu.step_flops(f, jnp.ones((64, 128)), jnp.ones((128, 32))) == 2 * 64 * 128 * 32
+
+
+def test_matmul_flops_reads_dots_and_convolutions_from_hlo():
+  def f(a, b, image, kernel):
+    conv = jax.lax.conv_general_dilated(image, kernel, (2, 2), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.einsum('bij,bjk->bik', a, b), conv
+
+  args = jnp.ones((3, 8, 4)), jnp.ones((3, 4, 5)), jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 4, 6))
+  hlo = jax.jit(f).lower(*args).as_text(dialect='hlo')
+  assert matmul_flops(hlo) == 2 * 3 * 8 * 4 * 5 + 2 * (2 * 4 * 4 * 6) * (3 * 3 * 4)
+
+
+def test_time_compiled_reports_compile_steady_state_and_memory():
+  result = harness.time_compiled(lambda a: jnp.tanh(a @ a.T).sum(), jnp.ones((256, 256)), repeats=2)
+  assert result['compile_s'] > 0 and len(result['steady_s_all']) == 2
+  assert result['xla_flops'] >= 2 * 256 ** 3 and result['xla_argument_gib'] > 0
+  assert len(result['load_average_1min']) == 2
+
+
+def test_train_step_benchmark_runs_the_real_step():
+  result = suites.train_step(config_for_size('avclip', 'tiny'), batch=2, repeats=1)
+  assert result['clips_per_s'] > 0
+  assert result['achieved_tflops_per_s'] == result['analytic_flops'] / result['steady_s_median'] / 1e12
+  # The state is donated: its buffers are reused for the updated state.
+  assert result['xla_alias_gib'] > 0 and result['xla_peak_gib'] > 0
+
+
+def test_markdown_row_names_the_command_and_machine():
+  result = {'benchmark': 'flops', 'stage': 'sync', 'size': 'tiny', 'batch': 1, 'dtype': 'float32',
+            'machine': harness.machine_description(), 'command': 'python scripts/benchmark.py flops',
+            **suites.forward_flops_check(config_for_size('sync', 'tiny'))}
+  row = report.markdown_row(result)
+  assert row.startswith('| flops | sync tiny B=1 float32 |') and '`python scripts/benchmark.py flops`' in row
+  assert 'analytic' in row and jax.__version__ in row
