@@ -10,7 +10,8 @@ from flax import nnx
 import synchformer_jax
 from synchformer_jax.models import build_model, config_for_size
 from synchformer_jax.models.avclip import LOGIT_SCALE_RANGE
-from synchformer_jax.models.config import REMAT_POLICY_NAMES, ModelConfig, VideoTowerConfig
+from synchformer_jax.models.config import (REMAT_POLICY_NAMES, ModelConfig, ModelConfigError, SyncTransformerConfig,
+                                           VideoTowerConfig)
 from synchformer_jax.models.layers import Buffer, MultiHeadAttention
 from synchformer_jax.models.motionformer import _torch_bicubic_matrix
 from tests.conftest import require_torch
@@ -157,15 +158,19 @@ def test_position_grid_resize_matches_torch_bicubic(crop):
 
 
 def test_invalid_configs_name_the_field():
-  with pytest.raises(ValueError, match='ModelConfig.video: dim 100 is not divisible by heads 12'):
+  with pytest.raises(ModelConfigError, match='model config video.heads: expected a divisor of dim 100, got 12'):
     ModelConfig(video=VideoTowerConfig(dim=100))
-  with pytest.raises(ValueError, match='ModelConfig.dtype'):
+  with pytest.raises(ModelConfigError, match="model config dtype: expected one of \\('float32', 'bfloat16'\\)"):
     ModelConfig(dtype='float16')
-  with pytest.raises(ValueError, match="ModelConfig.audio: unknown fields \\['depthh'\\]"):
+  with pytest.raises(ModelConfigError, match='model config audio.depthh: expected a field of AudioTowerConfig, got 3'):
     ModelConfig.from_dict({'audio': {'depthh': 3}})
-  with pytest.raises(ValueError, match='ModelConfig.remat_policy'):
+  with pytest.raises(ModelConfigError, match='model config remat_policy'):
     ModelConfig(remat_policy='everything')
-  with pytest.raises(ValueError, match='model size'):
+  with pytest.raises(ModelConfigError, match='model config transformer.layers: expected a positive integer, got 0'):
+    ModelConfig(transformer=SyncTransformerConfig(layers=0))
+  with pytest.raises(ModelConfigError, match=r'model config video.drop_path: expected a rate in \[0, 1\), got 1.5'):
+    ModelConfig(video=VideoTowerConfig(drop_path=1.5))
+  with pytest.raises(ModelConfigError, match='model config size'):
     config_for_size('sync', 'huge')
 
 

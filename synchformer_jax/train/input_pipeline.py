@@ -51,11 +51,19 @@ def process_shard() -> loader.ProcessShard:
   return loader.ProcessShard(jax.process_index(), jax.process_count())
 
 
-def _pipeline_options(config: ConfigDict) -> loader.PipelineOptions:
-  if config.data.workers > 0 and not flags.FLAGS.is_parsed():
-    # grain 0.2.18 reads an absl flag when starting workers next to JAX and raises UnparsedFlagAccessError
-    # unless flags were parsed (google/grain#1355, fixed upstream later); programs without absl.app have none.
+def allow_grain_workers() -> None:
+  """Lets grain start worker processes in a program that has not parsed absl flags (one without absl.app).
+
+  grain 0.2.18 reads an absl flag when starting workers next to JAX and raises UnparsedFlagAccessError unless
+  flags were parsed (google/grain#1355, fixed upstream later).
+  """
+  if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+def _pipeline_options(config: ConfigDict) -> loader.PipelineOptions:
+  if config.data.workers > 0:
+    allow_grain_workers()
   return loader.PipelineOptions(worker_count=config.data.workers, read_threads=config.data.read_threads,
                                 max_failure_rate=config.data.max_failure_rate)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from synchformer_jax.data import builders, loader, synthetic
+from synchformer_jax.train import input_pipeline
 
 ONE_PROCESS = loader.ProcessShard(0, 1)
 
@@ -113,6 +114,7 @@ def test_a_resumed_iterator_yields_what_an_uninterrupted_one_would(train_source)
 
 
 def test_worker_processes_neither_change_batches_nor_break_resumption(train_source):
+  input_pipeline.allow_grain_workers()  # this test program has no absl.app
   components = [loader.Component(train_source, clip_index_and_noise)]
   in_process = _take_and_close(iter(_train(components)), 5)
   with_workers = _interrupted_and_resumed(_train(components, worker_count=2), 2, 5)
