@@ -24,7 +24,9 @@ import orbax.checkpoint as ocp
 
 from synchformer_jax.errors import InputError
 
-FORMAT_VERSION = 1
+# 2: a fused q|k|v projection is stored folded, kernel (D, 3, D) and bias (3, D); 1 stored it flat, (D, 3D) and (3D,).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METADATA_FILE = 'synchformer_jax.json'
 PARAMS_DIR = 'params'
 
@@ -72,8 +74,9 @@ def read_metadata(directory: str) -> dict[str, Any]:
       metadata = json.load(f)
     except json.JSONDecodeError as e:
       raise ModelDirectoryError(f'{path}: not valid JSON ({e})') from e
-  if metadata.get('format_version') != FORMAT_VERSION:
-    raise ModelDirectoryError(f'{path}: format_version {metadata.get("format_version")!r}, expected {FORMAT_VERSION}')
+  if metadata.get('format_version') not in READABLE_VERSIONS:
+    raise ModelDirectoryError(f'{path}: format_version {metadata.get("format_version")!r}, expected one of '
+                              f'{READABLE_VERSIONS}')
   return metadata
 
 
@@ -119,19 +122,64 @@ def _restore_keys(tree: Any, abstract: Any) -> Any:
   return jax.tree.map(lambda x, a: jax.random.wrap_key_data(x) if _is_key(a) else x, tree, abstract)
 
 
+class CheckpointMismatchError(InputError):
+  """A training checkpoint that does not fit the run: another structure, shape or dtype, or a changed config."""
+
+
+def _key_name(key) -> str:
+  for attribute in ('key', 'idx', 'name'):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _leaf_layouts(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """Dotted path → (shape, dtype) of every array leaf (NNX's `.value` dropped from the paths)."""
+  layouts = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = [_key_name(k) for k in path]
+    if names and names[-1] == 'value':
+      names = names[:-1]
+    layouts['.'.join(names)] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+  return layouts
+
+
+def layout_mismatch(stored: Any, expected: Any) -> str | None:
+  """The first difference between a checkpoint's arrays and the run's, in words; None when they agree."""
+  have, want = _leaf_layouts(stored), _leaf_layouts(expected)
+  for name, (shape, dtype) in want.items():
+    if name not in have:
+      return f'{name} {shape} {dtype} is not in the checkpoint'
+    if have[name] != (shape, dtype):
+      return f'{name} is {have[name][0]} {have[name][1]} in the checkpoint, the run has {shape} {dtype}'
+  extra = sorted(set(have) - set(want))
+  return f'{extra[0]} {have[extra[0]][0]} is in the checkpoint, not in the run' if extra else None
+
+
+def changed_fields(stored: Any, current: Any, prefix: str = '') -> list[str]:
+  """Dotted names of the fields whose values differ between two nested dicts (a fingerprint)."""
+  if isinstance(stored, dict) and isinstance(current, dict):
+    return [name for key in sorted(set(stored) | set(current))
+            for name in changed_fields(stored.get(key), current.get(key), f'{prefix}{key}.')]
+  return [] if stored == current else [prefix.rstrip('.')]
+
+
 class TrainCheckpointer:
   """Training checkpoints: the train state (sharded arrays), the data iterator state and run metadata.
 
   Saves are asynchronous; the last `keep` steps are kept. `restore_latest` falls back to the previous
-  checkpoint, with a warning, when the latest cannot be read (e.g. a run killed mid-write).
+  checkpoint, with a warning, only when the latest cannot be read (a run killed mid-write, a damaged file);
+  a checkpoint of another model or optimiser stops the run (`CheckpointMismatchError`).
   """
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                            create=True, cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'data', 'meta'))
+    # Handlers named up front, so that a checkpoint's array metadata can be read before restoring it.
+    handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
+                'meta': ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def save(self, step: int, state: Any, data_state: dict[str, Any], meta: dict[str, Any]) -> None:
     self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_savable(state)),
@@ -141,14 +189,40 @@ class TrainCheckpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
-    """(step, state, data_state, meta) of the newest readable checkpoint, or None when there is none."""
+  def _check_fits(self, step: int, abstract_state: Any, fingerprint: dict[str, Any] | None,
+                  accept_changes: bool) -> None:
+    """Raises CheckpointMismatchError when the checkpoint at `step` is not of this run; any other error means
+    it is unreadable."""
+    where = f'{self.directory}/{step}'
+    meta = dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    stored_fingerprint = meta.get('fingerprint')
+    if fingerprint is not None and stored_fingerprint is not None and not accept_changes:
+      changed = changed_fields(stored_fingerprint, fingerprint)
+      if changed:
+        raise CheckpointMismatchError(
+            f'{where}: the run changes {", ".join(changed)} from the checkpoint; use another workdir, or set '
+            'config.accept_config_change=True to resume with the change deliberately')
+    mismatch = layout_mismatch(self._manager.item_metadata(step)['state'], _abstract_savable(abstract_state))
+    if mismatch:
+      raise CheckpointMismatchError(f'{where}: the checkpoint does not fit the run: {mismatch}. Use another '
+                                    'workdir (nothing in this one was changed)')
+
+  def restore_latest(self, abstract_state: Any, fingerprint: dict[str, Any] | None = None,
+                     accept_changes: bool = False) -> tuple[int, Any, dict, dict] | None:
+    """(step, state, data_state, meta) of the newest readable checkpoint, or None when there is none.
+
+    `fingerprint` (what the run's model and optimiser are, a nested dict) is compared with the one saved in the
+    checkpoint's `meta`; a difference raises CheckpointMismatchError naming the fields, unless `accept_changes`.
+    """
     for step in reversed(self.steps()):
       try:
+        self._check_fits(step, abstract_state, fingerprint, accept_changes)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract_savable(abstract_state)),
             data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-      except Exception as e:  # any unreadable checkpoint: try the one before
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # an incomplete or damaged checkpoint: try the one before
         logging.warning('checkpoint at step %d in %s is unreadable (%s: %s); falling back to the previous one',
                         step, self.directory, type(e).__name__, e)
         continue

@@ -16,10 +16,16 @@ from synchformer_jax.models.config import ModelConfig, ModelConfigError
 def save(module: nnx.Module, directory: str, cfg: ModelConfig | None = None, *, provenance: dict[str, Any] | None = None,
          overwrite: bool = False) -> None:
   """Writes a model (or a single tower, with the `cfg` it was built from) as a model directory."""
-  cfg = cfg or module.cfg
-  params = {k: np.asarray(jax.device_get(v.get_value())) for k, v in stored_variables(module).items()}
-  metadata = {'target': target_of(module), 'config': cfg.to_dict(), 'provenance': provenance or {}}
-  checkpointing.save_model_dir(directory, params, metadata, overwrite=overwrite)
+  variables = {k: np.asarray(jax.device_get(v.get_value())) for k, v in stored_variables(module).items()}
+  save_variables(variables, directory, target_of(module), cfg or module.cfg, provenance=provenance,
+                 overwrite=overwrite)
+
+
+def save_variables(variables: dict[str, np.ndarray], directory: str, target: str, cfg: ModelConfig, *,
+                   provenance: dict[str, Any] | None = None, overwrite: bool = False) -> None:
+  """Writes a target's variables (dotted path → array, as `stored_variables` names them) as a model directory."""
+  metadata = {'target': target, 'config': cfg.to_dict(), 'provenance': provenance or {}}
+  checkpointing.save_model_dir(directory, variables, metadata, overwrite=overwrite)
 
 
 def read_config(directory: str) -> tuple[str, ModelConfig]:
@@ -35,6 +41,35 @@ def read_config(directory: str) -> tuple[str, ModelConfig]:
     raise checkpointing.ModelDirectoryError(f'{directory}: {e}') from e
 
 
+def _is_qkv(name: str) -> bool:
+  return name.endswith(('.qkv.kernel', '.qkv.bias'))
+
+
+def _folded(name: str, value):
+  """A format-1 (flat) q|k|v parameter in the folded layout of format 2."""
+  return value.reshape(value.shape[0], 3, -1) if name.endswith('kernel') else value.reshape(3, -1)
+
+
+def _flat_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The format-1 shape of a folded q|k|v parameter."""
+  return (shape[0], shape[1] * shape[2]) if name.endswith('kernel') else (shape[0] * shape[1],)
+
+
+def read_params(directory: str, shapes: dict[str, jax.ShapeDtypeStruct] | None = None) -> dict[str, Any]:
+  """The flat parameters of a model directory in the current layout; format-1 directories are upgraded.
+
+  With `shapes` (the current layout's) the restore checks them and places the arrays as they say.
+  """
+  version = checkpointing.read_metadata(directory)['format_version']
+  if version == checkpointing.FORMAT_VERSION:
+    return checkpointing.load_params(directory, shapes)
+  if shapes is not None:
+    shapes = {k: jax.ShapeDtypeStruct(_flat_shape(k, s.shape), s.dtype) if _is_qkv(k) else s
+              for k, s in shapes.items()}
+  params = checkpointing.load_params(directory, shapes)
+  return {k: _folded(k, v) if _is_qkv(k) else v for k, v in params.items()}
+
+
 def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Module:
   """The model stored in `directory`, in eval mode.
 
@@ -47,7 +82,7 @@ def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Modu
   build = lambda: build_target(target, cfg, seed)
   abstract = nnx.eval_shape(build)
   shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stored_variables(abstract).items()}
-  params = checkpointing.load_params(directory, shapes)
+  params = read_params(directory, shapes)
   graphdef = nnx.split(abstract, (nnx.Param, Buffer), ...)[0]
   # Building under jit and returning only the RNG state lets XLA drop the parameter initialisers.
   rest = jax.jit(lambda: nnx.split(build(), (nnx.Param, Buffer), ...)[2])()

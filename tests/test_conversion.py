@@ -50,22 +50,27 @@ def _save(torch, obj, path: Path) -> str:
 
 
 def _fused_qkv(sd, prefix, names=('query', 'key', 'value')):
-  """Separate q, k, v nn.Linear layers as one (in, 3·out) kernel and its bias, q | k | v."""
-  kernel = np.concatenate([sd[f'{prefix}{n}.weight'].T for n in names], axis=1)
-  return kernel, np.concatenate([sd[f'{prefix}{n}.bias'] for n in names])
+  """Separate q, k, v nn.Linear layers as one (in, 3, out) kernel and its (3, out) bias, q | k | v."""
+  kernel = np.stack([sd[f'{prefix}{n}.weight'].T for n in names], axis=1)
+  return kernel, np.stack([sd[f'{prefix}{n}.bias'] for n in names])
+
+
+def _folded_qkv(weight, bias):
+  """A fused torch q|k|v weight (3·out, in) and bias (3·out,) as the (in, 3, out) kernel and (3, out) bias."""
+  return weight.T.reshape(weight.shape[1], 3, -1), bias.reshape(3, -1)
 
 
 def _assert_known_values(params, sd, *, src_v=None, src_a=None, dst_v='vfeat_extractor.', dst_a='afeat_extractor.',
                          head=False):
   """Parameters at known places hold their source tensors, by the original modules' conventions written out here
   (not through the converter's tables): an nn.Linear weight (out, in) is an (in, out) kernel, a LayerNorm weight a
-  scale, HF AST's separate query / key / value one fused q|k|v kernel, a Conv2d weight (O, I, H, W) an (H, W, I, O)
+  scale, a q|k|v projection (fused, or HF AST's separate query / key / value) an (in, 3, out) kernel, a Conv2d weight (O, I, H, W) an (H, W, I, O)
   kernel, and embedding tables and tokens stay as they are."""
   expected = {}
   if src_v is not None:
     b = src_v + 'blocks.0.'
-    expected |= {dst_v + 'blocks.0.attn.qkv.kernel': sd[b + 'attn.qkv.weight'].T,
-                 dst_v + 'blocks.0.attn.qkv.bias': sd[b + 'attn.qkv.bias'],
+    kernel, bias = _folded_qkv(sd[b + 'attn.qkv.weight'], sd[b + 'attn.qkv.bias'])
+    expected |= {dst_v + 'blocks.0.attn.qkv.kernel': kernel, dst_v + 'blocks.0.attn.qkv.bias': bias,
                  dst_v + 'blocks.0.timeattn.proj.kernel': sd[b + 'timeattn.proj.weight'].T,
                  dst_v + 'blocks.0.mlp.fc2.kernel': sd[b + 'mlp.fc2.weight'].T,
                  dst_v + 'blocks.0.norm3.scale': sd[b + 'norm3.weight'],

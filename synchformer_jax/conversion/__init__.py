@@ -36,7 +36,7 @@ def export_torch_checkpoint(model_dir: str, dst: str) -> str:
   if target not in MODEL_KINDS:
     raise CheckpointError(f'{model_dir}: holds a single {target} tower; only whole models (sync, synchability, '
                           'avclip) have an original checkpoint layout to export to')
-  state_dict = to_original_state_dict(target, cfg, checkpointing.load_params(model_dir))
+  state_dict = to_original_state_dict(target, cfg, pretrained.read_params(model_dir))
   if target == 'avclip':
     ckpt = {'epoch': 0, 'name': 'synchformer_jax', 'state_dict': {'module.' + k: v for k, v in state_dict.items()}}
   else:

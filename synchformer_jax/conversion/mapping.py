@@ -21,7 +21,8 @@ class Rule:
   """Flax parameter `path` ← torch keys `sources`, through layout `layout`.
 
   Layouts: 'copy'; 'linear' (weight (O, I) → kernel (I, O); several sources are fused along O);
-  'bias' (several sources are concatenated); 'patch3d' (Conv3d (O, C, kt, kh, kw) → (C·kt·kh·kw, O));
+  'bias' (several sources are concatenated); 'qkv' and 'qkv_bias' (a fused q|k|v projection, one torch
+  tensor or three: kernel (I, 3, D) and bias (3, D), see `models.layers.QkvProjection`); 'patch3d' (Conv3d (O, C, kt, kh, kw) → (C·kt·kh·kw, O));
   'conv2d' (Conv2d (O, C, kh, kw) → (kh, kw, C, O)); 'rows' (a (1, R, D) table whose leading rows are
   kept when the target is shorter, as the original does for the AST and the synchronizability
   positional tables).
@@ -38,6 +39,10 @@ def _linear(path: Path, torch_prefix: str | tuple[str, ...]) -> list[Rule]:
           Rule(path + ('bias',), tuple(p + '.bias' for p in prefixes), 'bias')]
 
 
+def _qkv(path: Path, weights: tuple[str, ...], biases: tuple[str, ...]) -> list[Rule]:
+  return [Rule(path + ('kernel',), weights, 'qkv'), Rule(path + ('bias',), biases, 'qkv_bias')]
+
+
 def _norm(path: Path, torch_prefix: str) -> list[Rule]:
   return [Rule(path + ('scale',), (torch_prefix + '.weight',)),
           Rule(path + ('bias',), (torch_prefix + '.bias',))]
@@ -45,7 +50,8 @@ def _norm(path: Path, torch_prefix: str) -> list[Rule]:
 
 def _pre_norm_block(path: Path, t: str, *, norm1: str, qkv: tuple[str, ...], proj: str, norm2: str, fc1: str,
                     fc2: str) -> list[Rule]:
-  return (_norm(path + ('norm1',), t + norm1) + _linear(path + ('attn', 'qkv'), tuple(t + q for q in qkv))
+  return (_norm(path + ('norm1',), t + norm1) + _qkv(path + ('attn', 'qkv'), tuple(t + q + '.weight' for q in qkv),
+                                                                tuple(t + q + '.bias' for q in qkv))
           + _linear(path + ('attn', 'proj'), t + proj) + _norm(path + ('norm2',), t + norm2)
           + _linear(path + ('mlp', 'fc1'), t + fc1) + _linear(path + ('mlp', 'fc2'), t + fc2))
 
@@ -55,8 +61,7 @@ def aggregator_rules(path: Path, t: str) -> list[Rule]:
   layer = path + ('layer',)
   return ([Rule(path + ('cls_token',), (t + 'cls_token',))]
           + _norm(layer + ('norm1',), t + 'norm1')
-          + [Rule(layer + ('attn', 'qkv', 'kernel'), (t + 'self_attn.in_proj_weight',), 'linear'),
-             Rule(layer + ('attn', 'qkv', 'bias'), (t + 'self_attn.in_proj_bias',), 'bias')]
+          + _qkv(layer + ('attn', 'qkv'), (t + 'self_attn.in_proj_weight',), (t + 'self_attn.in_proj_bias',))
           + _linear(layer + ('attn', 'proj'), t + 'self_attn.out_proj')
           + _norm(layer + ('norm2',), t + 'norm2')
           + _linear(layer + ('mlp', 'fc1'), t + 'linear1') + _linear(layer + ('mlp', 'fc2'), t + 'linear2'))
@@ -76,7 +81,8 @@ def motionformer_rules(path: Path, t: str, cfg: VideoTowerConfig) -> list[Rule]:
     for norm in ('norm1', 'norm2', 'norm3'):
       rules += _norm(b + (norm,), tb + norm)
     for attn in ('attn', 'timeattn'):
-      rules += _linear(b + (attn, 'qkv'), tb + attn + '.qkv') + _linear(b + (attn, 'proj'), tb + attn + '.proj')
+      rules += (_qkv(b + (attn, 'qkv'), (tb + attn + '.qkv.weight',), (tb + attn + '.qkv.bias',))
+                + _linear(b + (attn, 'proj'), tb + attn + '.proj'))
     rules += _linear(b + ('mlp', 'fc1'), tb + 'mlp.fc1') + _linear(b + ('mlp', 'fc2'), tb + 'mlp.fc2')
   rules += _norm(path + ('norm',), t + 'norm')
   return rules + aggregator_rules(path + ('spatial_attn_agg',), t + 'spatial_attn_agg.')
@@ -143,6 +149,11 @@ def to_flax(rule: Rule, tensors: list[np.ndarray], target_shape: tuple[int, ...]
     value = np.concatenate(tensors, axis=0).T
   elif layout == 'bias':
     value = np.concatenate(tensors, axis=0)
+  elif layout == 'qkv':
+    value = np.concatenate(tensors, axis=0).T
+    value = value.reshape(value.shape[0], 3, -1)
+  elif layout == 'qkv_bias':
+    value = np.concatenate(tensors, axis=0).reshape(3, -1)
   elif layout == 'patch3d':
     value = tensors[0].reshape(tensors[0].shape[0], -1).T
   elif layout == 'conv2d':
@@ -164,6 +175,9 @@ def to_torch(rule: Rule, value: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
   """The inverse of `to_flax`: the Flax parameter → (torch key, tensor) pairs in the original layout."""
   layout = rule.layout
   value = np.asarray(value)
+  if layout in ('qkv', 'qkv_bias'):  # back to the flat fused layout
+    value = value.reshape(value.shape[0], -1) if layout == 'qkv' else value.reshape(-1)
+    layout = 'linear' if layout == 'qkv' else 'bias'
   if layout == 'linear':
     for key, part in zip(rule.sources, np.split(value.T, len(rule.sources), axis=0)):
       yield key, part

@@ -39,8 +39,9 @@ def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 def token(shape: Sequence[int], init: Initializer, rngs: nnx.Rngs) -> nnx.Param:
-  """A learned token or table, replicated (small) and stored float32."""
-  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32))
+  """A learned token or table, stored float32; its channel axis is split with the rest of `embed`."""
+  axes = (None,) * (len(shape) - 1) + ('embed',)
+  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), out_sharding=axes)
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -104,6 +105,26 @@ class Mlp(nnx.Module):
     return self.dropout(self.fc2(gelu(self.fc1(x))))
 
 
+class QkvProjection(nnx.Module):
+  """The fused q|k|v projection: (..., D) → (..., 3, D), heads contiguous along the last axis.
+
+  The kernel is (D, 3, D) rather than (D, 3D) so that a `tensor` split of its output axis ('qkv') falls
+  between heads of each of q, k and v alike (a split of a flat 3D axis would cut through them).
+  """
+
+  def __init__(self, dim: int, *, dtype, rngs: nnx.Rngs, kernel_init: Initializer = trunc_normal_02):
+    # Initialised as the flat (D, 3D) kernel it replaces (fan-in D either way), then folded.
+    kernel = kernel_init(rngs.params(), (dim, 3 * dim), jnp.float32).reshape(dim, 3, dim)
+    rngs.params()  # the bias's key, drawn as nnx.Linear draws it, so a seed builds the same model as before
+    self.kernel = nnx.Param(kernel, out_sharding=('embed', None, 'qkv'))
+    self.bias = nnx.Param(jnp.zeros((3, dim), jnp.float32), out_sharding=(None, 'qkv'))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel, bias = self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype)
+    return jnp.einsum('...d,dse->...se', x.astype(self.dtype), kernel) + bias
+
+
 class MultiHeadAttention(nnx.Module):
   """Self-attention with a fused q|k|v projection; heads are contiguous channel slices."""
 
@@ -113,7 +134,7 @@ class MultiHeadAttention(nnx.Module):
     self.heads = heads
     self.scale = (dim // heads) ** -0.5
     self.attention_impl = attention_impl
-    self.qkv = dense(dim, 3 * dim, ('embed', 'qkv'), dtype=dtype, rngs=rngs, kernel_init=kernel_init)
+    self.qkv = QkvProjection(dim, dtype=dtype, rngs=rngs, kernel_init=kernel_init)
     self.proj = dense(dim, dim, ('qkv', 'embed'), dtype=dtype, rngs=rngs, kernel_init=kernel_init)
     self.attn_dropout = nnx.Dropout(attn_dropout, rngs=rngs)
     self.resid_dropout = nnx.Dropout(resid_dropout, rngs=rngs)
@@ -125,7 +146,7 @@ class MultiHeadAttention(nnx.Module):
   def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(..., L, D) → three (..., L, heads, head_dim) tensors."""
     qkv = self.qkv(x)
-    qkv = qkv.reshape(*qkv.shape[:-1], 3, self.heads, -1)
+    qkv = qkv.reshape(*qkv.shape[:-1], self.heads, -1)
     return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
   def merge_heads(self, out: jax.Array) -> jax.Array:

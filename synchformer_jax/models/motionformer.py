@@ -124,8 +124,9 @@ class Motionformer(nnx.Module):
     self.pos_embed = token((1, 1 + cfg.pos_grid ** 2, cfg.dim), trunc_normal_02, rngs)
     self.temp_embed = token((1, cfg.time_tokens, cfg.dim), trunc_normal_02, rngs)
     # The original also builds a 2-D patch embedding it never calls; kept (untrained) for exact round trips.
-    self.patch_embed = Buffer(jnp.zeros((cfg.dim, 3, cfg.patch, cfg.patch), jnp.float32))
-    self.patch_embed_bias = Buffer(jnp.zeros((cfg.dim,), jnp.float32))
+    self.patch_embed = Buffer(jnp.zeros((cfg.dim, 3, cfg.patch, cfg.patch), jnp.float32),
+                              out_sharding=('embed', None, None, None))
+    self.patch_embed_bias = Buffer(jnp.zeros((cfg.dim,), jnp.float32), out_sharding=('embed',))
     self.patch_embed_3d = PatchEmbed3d(cfg, dtype=dtype, rngs=rngs)
     rates = np.linspace(0.0, cfg.drop_path, cfg.depth) if cfg.depth > 1 else [0.0]
     self.blocks = nnx.List([DividedSpaceTimeBlock(cfg, float(r), attention_impl=attention_impl, dtype=dtype,

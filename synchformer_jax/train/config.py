@@ -88,6 +88,11 @@ def base_config(stage: str) -> ConfigDict:
   c.optim.grad_accum = 1
 
   c.mesh = ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  # Resume a workdir whose checkpoint has another model or optimiser config (a deliberate change; the arrays must
+  # still have the checkpoint's shapes).
+  c.accept_config_change = False
+  # Dense bf16 FLOP/s of one device, for MFU; 0 looks the device kind up (train/mfu.py), where CPUs have none.
+  c.peak_flops_per_device = 0.0
   return c
 
 
@@ -132,6 +137,8 @@ def validate(c: ConfigDict, num_devices: int) -> None:
   _check(isinstance(c.optim.grad_accum, int) and c.optim.grad_accum >= 1, 'optim.grad_accum',
          'a positive integer', c.optim.grad_accum)
   _check(c.optim.clip_norm >= 0, 'optim.clip_norm', 'a non-negative number (0: no clipping)', c.optim.clip_norm)
+  _check(c.peak_flops_per_device >= 0, 'peak_flops_per_device', 'a non-negative number (0: by device kind)',
+         c.peak_flops_per_device)
   _check(set(c.mesh) <= set(MESH_AXES), 'mesh', f'axes among {MESH_AXES}', dict(c.mesh))
   sizes = {a: c.mesh.get(a, 1) for a in MESH_AXES}
   fixed = math.prod(s for s in sizes.values() if s != -1)

@@ -69,8 +69,8 @@ def _pipeline_options(config: ConfigDict) -> loader.PipelineOptions:
 
 
 def local_batch_size(config: ConfigDict) -> int:
-  """Examples per train-step call in this process (a micro-batch when accumulating gradients)."""
-  return config.batch_size // jax.process_count() // config.optim.grad_accum
+  """Examples of one optimiser step in this process (the train step splits them into micro-batches)."""
+  return config.batch_size // jax.process_count()
 
 
 def encode_feature_record(record: Mapping[str, np.ndarray]) -> bytes:

@@ -18,7 +18,6 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from synchformer_jax import checkpointing, pretrained, sharding
@@ -35,18 +34,52 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """Whether to save and stop after a step: SIGTERM was received, by any process of the run.
+
+  One process: a SIGTERM handler sets a flag. Several: JAX's preemption sync point (the coordination service
+  catches SIGTERM on whichever host gets it), so that every process saves at one and the same step.
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._requested = False
+    self._across_hosts = jax.process_count() > 1
+    self._previous = None if self._across_hosts else signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     log.warning('SIGTERM received: saving a checkpoint and exiting after this step')
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    """Called by every process after every step."""
+    if self._across_hosts:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _MetricsWindow:
+  """The metrics of the steps since the last read, kept on device: reading them is the loop's only host sync.
+
+  `read` returns each step's metrics as floats, with the mean step time over the window.
+  """
+
+  def __init__(self):
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self._start = time.perf_counter()
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append((step, metrics))
+
+  def read(self) -> tuple[list[tuple[int, dict[str, float]]], float]:
+    values = jax.device_get([m for _, m in self._pending])
+    now = time.perf_counter()
+    step_s = (now - self._start) / max(len(values), 1)
+    rows = [(step, {k: float(np.mean(v)) for k, v in m.items()}) for (step, _), m in zip(self._pending, values)]
+    self._pending, self._start = [], now
+    return rows, step_s
 
 
 def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -98,20 +131,35 @@ def _initialiser(config: ConfigDict, cfg: ModelConfig):
   return init_params
 
 
+def fingerprint(config: ConfigDict, cfg: ModelConfig) -> dict[str, Any]:
+  """What a checkpoint must agree with to be resumed: the model and the optimiser (as JSON would store them)."""
+  return json.loads(json.dumps({'model': cfg.to_dict(), 'optim': config.optim.to_dict()}))
+
+
+def _peak_flops(config: ConfigDict) -> float | None:
+  return config.peak_flops_per_device or mfu.peak_flops_per_device()
+
+
 def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the final metrics."""
   validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   cfg = model_config(config)
   mesh = sharding.make_mesh(dict(config.mesh))
-  sources = input_pipeline.open_sources(config)
   graphdef, state, state_shardings = trainer.create_state(cfg, config.optim, config.total_steps, mesh, config.seed,
                                                           _initialiser(config, cfg))
-  steps = trainer.make_trainer(cfg, mesh, graphdef, state_shardings)
+  steps = trainer.make_trainer(cfg, mesh, graphdef, state_shardings, grad_accum=config.optim.grad_accum)
+  run_fingerprint = fingerprint(config, cfg)
+  checkpointer = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  # Before anything in the workdir is written: a checkpoint of another model or optimiser stops the run here.
+  restored = checkpointer.restore_latest(
+      jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings),
+      run_fingerprint, accept_changes=config.accept_config_change)
+
+  sources = input_pipeline.open_sources(config)
   if input_pipeline.uses_features(config):
     sources = features.prepare(config, cfg, steps, state, sources, mesh, workdir)
   train_iter = input_pipeline.train_batches(config, cfg, sources['train'])
-  checkpointer = checkpointing.TrainCheckpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
   writer = MetricWriter(workdir, enabled=_is_lead_process())
   if _is_lead_process():
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -119,8 +167,6 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
   step = 0
   best = {'value': -np.inf, 'step': None}
-  restored = checkpointer.restore_latest(jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings))
   if restored is not None:
     step, state, data_state, meta = restored
     # Every process's iterator is at the same position of its shard; the stored state is process 0's.
@@ -129,46 +175,53 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
     log.info('resumed from step %d', step)
   writer.truncate_after(step)
 
-  accum = config.optim.grad_accum
-  clips_per_step = config.batch_size
-  peak_flops = mfu.peak_flops_per_device()
-  flops_per_step = None
+  peak_flops = _peak_flops(config)
+  flops_per_step = mfu.train_step_flops(cfg, config.batch_size) if peak_flops else None
   preemption = _Preemption()
   progress = _ProgressBar(step, config.total_steps, enabled=_is_lead_process())
+  window = _MetricsWindow()
   metrics = {}
+
+  def read_metrics() -> dict[str, float]:
+    """Fetches the window's metrics and logs its `log_every` steps; a non-finite loss raises, naming its step,
+    after the rows of the steps before it are written."""
+    rows, step_s = window.read()
+    for row_step, row in rows:
+      if not np.isfinite(row['loss']):
+        last = checkpointer.steps()[-1] if checkpointer.steps() else 'none'
+        raise NonFiniteLossError(f'loss is {row["loss"]} at step {row_step}; nothing of it is saved, the last '
+                                 f'good checkpoint (step {last}) is kept')
+      row.update(step_time_s=step_s, clips_per_s=config.batch_size / step_s)
+      if flops_per_step:
+        row['mfu'] = flops_per_step / step_s / (peak_flops * jax.device_count())
+      if row_step % config.log_every == 0 or row_step == config.total_steps:
+        writer.write(row_step, row)
+    if rows:
+      progress.update(rows[-1][0], rows[-1][1])
+    return rows[-1][1] if rows else metrics
+
   try:
     while step < config.total_steps:
-      start = time.perf_counter()
-      step_metrics = []
-      for _ in range(accum):
-        batch = sharding.to_global_batch(next(train_iter), mesh)
-        if peak_flops and flops_per_step is None:
-          flops_per_step = accum * mfu.step_flops(steps.train_step, state, batch)
-        state, m = steps.train_step(state, batch)
-        step_metrics.append(m)
-      metrics = {k: float(np.mean([jax.device_get(m[k]) for m in step_metrics])) for k in step_metrics[0]}
-      if not np.isfinite(metrics['loss']):
-        raise NonFiniteLossError(f'loss is {metrics["loss"]} at step {step + 1}; the last good checkpoint '
-                                 f'(step {checkpointer.steps()[-1] if checkpointer.steps() else "none"}) is kept')
+      state, step_metrics = steps.train_step(state, sharding.to_global_batch(next(train_iter), mesh))
       step += 1
-      elapsed = time.perf_counter() - start
-      metrics.update(step_time_s=elapsed, clips_per_s=clips_per_step / elapsed)
-      if flops_per_step:
-        metrics['mfu'] = flops_per_step / elapsed / (peak_flops * jax.device_count())
-      if step % config.log_every == 0 or step == config.total_steps:
-        writer.write(step, metrics)
-      progress.update(step, metrics)
+      window.add(step, step_metrics)
       is_last = step == config.total_steps
-      if step % config.eval_every == 0 or is_last:
+      is_eval = step % config.eval_every == 0 or is_last
+      preempted = preemption.reached(step)
+      is_checkpoint = step % config.checkpoint_every == 0 or is_last or preempted
+      if step % config.log_every == 0 or is_eval or is_checkpoint:
+        metrics = read_metrics()
+      if is_eval:
         eval_metrics = evaluation.evaluate(config, cfg, steps, state, sources['eval'], mesh, workdir, step)
         writer.write(step, eval_metrics, prefix='eval/')
         value = eval_metrics[evaluation.BEST_METRIC[config.stage]]
         if value > best['value']:
           best = {'value': float(value), 'step': step}
           _export(steps, state, cfg, os.path.join(workdir, 'best'), config, step)
-      if step % config.checkpoint_every == 0 or is_last or preemption.requested:
-        checkpointer.save(step, state, train_iter.get_state(), {'best': best})
-      if preemption.requested:
+      if is_checkpoint:
+        checkpointer.save(step, state, train_iter.get_state(), {'best': best, 'fingerprint': run_fingerprint})
+      if preempted:
+        log.warning('preempted: saved step %d, exiting', step)
         break
   finally:
     preemption.restore()
@@ -181,16 +234,25 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
   return {'step': step, **metrics, 'best': best}
 
 
+def _host_copy(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host) array on this host, gathered one array at a time."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def _export(steps: trainer.Trainer, state, cfg: ModelConfig, directory: str, config: ConfigDict, step: int) -> None:
   """Writes the model as a model directory (what the next stage and predict.py load).
 
-  Every process takes part in gathering the parameters (they may be split over hosts); process 0 writes.
+  Only the model's variables are gathered, one array at a time, to the host (not the optimiser state, and not
+  onto every device); every process takes part, as they may be split over hosts; process 0 writes.
   """
-  gathered = jax.jit(lambda x: x, out_shardings=NamedSharding(steps.mesh, PartitionSpec()))(state)
+  variables = {'.'.join(map(str, path)): _host_copy(v.get_value())
+               for path, v in nnx.to_flat_state(trainer.model_variables(state))}
   if _is_lead_process():
-    model, _ = steps.merge(gathered)
-    pretrained.save(model, directory, cfg, provenance={'step': step, 'config': json.loads(config.to_json_best_effort())},
-                    overwrite=True)
+    pretrained.save_variables(variables, directory, cfg.kind, cfg,
+                              provenance={'step': step, 'config': json.loads(config.to_json_best_effort())},
+                              overwrite=True)
   multihost_utils.sync_global_devices(f'exported {directory} at step {step}')
 
 

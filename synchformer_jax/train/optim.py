@@ -2,8 +2,8 @@
 
 Stage I: AdamW (weight decay 0 in the released runs), linear warm-up lr·(step+1)/w, then cosine to 0.
 Stage II / III: Adam with eps 1e-7, warm-up factor 0.01 → 1 over `warmup_steps`, then constant.
-Both clip the global gradient norm at 1.0. Gradient accumulation averages `grad_accum` micro-batches
-per optimiser step.
+Both clip the global gradient norm at 1.0. Gradient accumulation (`grad_accum` micro-batches per
+optimiser step) happens inside the train step (`trainer.make_trainer`), so schedules count optimiser steps.
 """
 from __future__ import annotations
 
@@ -40,5 +40,4 @@ def make_optimizer(cfg: ConfigDict, total_steps: int) -> optax.GradientTransform
     base = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
   else:
     raise ValueError(f'optim.name: expected one of {OPTIMIZERS}, got {cfg.name!r}')
-  tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), base) if cfg.clip_norm else base
-  return optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum) if cfg.grad_accum > 1 else tx
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), base) if cfg.clip_norm else base

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from synchformer_jax import sharding
 from synchformer_jax.constants import TARGET_KEY
-from synchformer_jax.models import build_model, classification_loss
+from synchformer_jax.models import Buffer, build_model, classification_loss
 from synchformer_jax.models.config import ModelConfig
 from synchformer_jax.train.optim import make_optimizer
 
@@ -71,39 +71,88 @@ def loss_and_metrics(model: nnx.Module, batch: dict[str, jax.Array], kind: str) 
   return loss, {'accuracy': jnp.mean(jnp.argmax(logits, -1) == targets)}
 
 
+def _builder(model_cfg: ModelConfig, optim_cfg, total_steps: int, seed: int,
+             init_params: Callable[[nnx.Module], None] | None = None) -> Callable[[], tuple]:
+  tx = make_optimizer(optim_cfg, total_steps)
+  wrt = trainable(model_cfg.kind)
+
+  def build():
+    model = build_model(model_cfg, seed)
+    if init_params is not None:
+      init_params(model)
+    return model, nnx.Optimizer(model, tx, wrt=wrt)
+  return build
+
+
 def create_state(model_cfg: ModelConfig, optim_cfg, total_steps: int, mesh: Mesh, seed: int,
                  init_params: Callable[[nnx.Module], None] | None = None):
   """(graphdef, state, state shardings): model and optimiser created directly in their shards.
 
   `init_params(model)` may overwrite parameters (pretrained towers) before the optimiser state is made.
   """
-  tx = make_optimizer(optim_cfg, total_steps)
-  kind = model_cfg.kind
-
-  def build():
-    model = build_model(model_cfg, seed)
-    if init_params is not None:
-      init_params(model)
-    return model, nnx.Optimizer(model, tx, wrt=trainable(kind))
-
-  model, optimizer = sharding.create_sharded(build, mesh)
+  model, optimizer = sharding.create_sharded(_builder(model_cfg, optim_cfg, total_steps, seed, init_params), mesh)
   graphdef, state = nnx.split((model, optimizer))
   return graphdef, state, jax.tree.map(lambda x: x.sharding, state)
 
 
-def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings) -> Trainer:
+def abstract_state(model_cfg: ModelConfig, optim_cfg, total_steps: int, mesh: Mesh, seed: int = 0):
+  """(graphdef, state as `jax.ShapeDtypeStruct`s with their shardings): what `create_state` would make, with no
+  memory for it (to compile the steps ahead of time, e.g. for devices this host does not have)."""
+  graphdef, shapes = nnx.split(nnx.eval_shape(_builder(model_cfg, optim_cfg, total_steps, seed)))
+  shardings = sharding.state_shardings(shapes, mesh)
+  return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
+def model_variables(state) -> nnx.State:
+  """The model's parameters and buffers in a train state (what a model directory stores), not the optimiser's."""
+  return nnx.filter_state(state[0], nnx.Any(nnx.Param, Buffer))
+
+
+def _micro_batches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
+  """(B, ...) → (count, B / count, ...): micro-batch i takes rows i, i + count, ... so that every device keeps its
+  own rows (the batch is split over devices along B)."""
+  def split(x):
+    x = x.reshape(x.shape[0] // count, count, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings, grad_accum: int = 1) -> Trainer:
+  """The jitted steps. With `grad_accum` k > 1 a train step takes the whole batch of an optimiser step and runs
+  it as k micro-batches in a `lax.scan`, averaging their gradients and metrics before one update."""
   kind = model_cfg.kind
+  wrt = trainable(kind)
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
+  grad_fn = nnx.value_and_grad(lambda m, b: loss_and_metrics(m, b, kind), has_aux=True,
+                               argnums=nnx.DiffState(0, wrt))
+
+  def accumulated_grads(model, batch):
+    micro = jax.lax.with_sharding_constraint(_micro_batches(batch, grad_accum),
+                                             NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES)))
+    model_def, params, rest = nnx.split(model, wrt, ...)
+
+    def micro_step(carry, micro_batch):
+      rest, grad_sum = carry
+      m = nnx.merge(model_def, params, rest)
+      (loss, metrics), grads = grad_fn(m, micro_batch)
+      return (nnx.split(m, wrt, ...)[2], jax.tree.map(jnp.add, grad_sum, grads)), (loss, metrics)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (rest, grad_sum), (losses, metrics) = jax.lax.scan(micro_step, (rest, zeros), micro)
+    nnx.update(model, rest)  # the random streams advanced over the micro-batches
+    mean = lambda x: jnp.mean(x, axis=0)
+    return (mean(losses), jax.tree.map(mean, metrics)), jax.tree.map(lambda g: g / grad_accum, grad_sum)
 
   def train_step(state, batch):
     model, optimizer = nnx.merge(graphdef, state)
     _set_modes(model, kind)
     if kind == 'avclip':
       model.clamp_logit_scale()
-    grad_fn = nnx.value_and_grad(lambda m: loss_and_metrics(m, batch, kind), has_aux=True,
-                                 argnums=nnx.DiffState(0, trainable(kind)))
-    (loss, metrics), grads = grad_fn(model)
+    if grad_accum == 1:
+      (loss, metrics), grads = grad_fn(model, batch)
+    else:
+      (loss, metrics), grads = accumulated_grads(model, batch)
     optimizer.update(model, grads)
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     return nnx.split((model, optimizer))[1], metrics
