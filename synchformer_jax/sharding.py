@@ -7,8 +7,9 @@ attention widths). A batch is split over `data` × `fsdp`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 from flax import nnx
@@ -23,11 +24,27 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
+# Activations: split over the batch; whole along tokens and width between blocks (a `tensor` split of the MLP and
+# the heads happens inside a block, where the weights put it).
+ACTIVATION_RULES: tuple[tuple[str, Any], ...] = (
+    ('activation_batch', BATCH_AXES),
+    ('activation_length', None),
+    ('activation_embed', None),
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules=ACTIVATION_RULES) -> Iterator[None]:
+  """Inside a traced step: the model's activation constraints (`models.layers.constrain`) bind to `mesh`."""
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nnx.logical_axis_rules(rules):
+    yield
+
+
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over `MESH_AXES`; one axis may be -1 to take the remaining devices.
 
   Axes are `Auto`: parameters and batches carry explicit shardings and XLA propagates them through
-  the model, which therefore needs no sharding annotations of its own.
+  the model; between blocks the model pins its activations (`activation_sharding`).
   """
   devices = list(devices if devices is not None else jax.devices())
   unknown = set(shape) - set(MESH_AXES)

@@ -107,6 +107,18 @@ def collectives(hlo_text: str) -> dict[str, int]:
   return counts
 
 
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4, 's32': 4, 'u32': 4,
+                'f64': 8, 's64': 8, 'u64': 8}
+
+
+def all_gather_bytes(hlo_text: str) -> list[int]:
+  """The result size of every all-gather of a compiled program (what one device holds after it)."""
+  sizes = []
+  for dtype, dims in re.findall(r'= (\w+)\[([\d,]*)\][^=]*? all-gather(?:-start)?\(', hlo_text):
+    sizes.append(math.prod(int(d) for d in dims.split(',') if d) * _DTYPE_BYTES.get(dtype, 4))
+  return sizes
+
+
 @dataclasses.dataclass
 class CompiledStep:
   """What XLA says of one compiled step on one chip."""
@@ -116,6 +128,7 @@ class CompiledStep:
   bytes_accessed: float | None
   optimal_seconds: float | None
   collectives: dict[str, int]
+  largest_all_gather_mib: float  # gathered parameters, unless the step gathers activations
 
 
 def executed_train_flops(cfg, batch: int) -> int:
@@ -142,8 +155,9 @@ def _compile(jitted, *args) -> CompiledStep:
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   get = lambda key: float(cost[key]) if cost.get(key, -1) > 0 else None  # -1: not estimated
+  hlo = compiled.as_text()
   return CompiledStep(compile_s, memory, get('flops'), get('bytes accessed'), get('optimal_seconds'),
-                      collectives(compiled.as_text()))
+                      collectives(hlo), max(all_gather_bytes(hlo), default=0) / 2 ** 20)
 
 
 def compile_steps(config: ConfigDict, topology: str, batch_per_chip: int | None = None,
@@ -174,6 +188,7 @@ def compile_steps(config: ConfigDict, topology: str, batch_per_chip: int | None 
       'size': config.model.size, 'dtype': cfg.dtype, 'remat': cfg.remat and cfg.remat_policy,
       'global_batch': config.batch_size, 'batch_per_chip': config.batch_size / data_parallel,
       'hbm_gib_per_chip': hbm, 'fits': train.memory['peak_gib'] <= hbm,
+      'largest_param_mib': max(math.prod(x.shape) * x.dtype.itemsize for x in _arrays(params)) / 2 ** 20,
       'param_gib_total': _total_bytes(params) / 2 ** 30, 'param_gib_per_chip': _bytes_per_device(params) / 2 ** 30,
       'state_gib_per_chip': _bytes_per_device(state) / 2 ** 30,
       'train': dataclasses.asdict(train), 'eval': evaluation and dataclasses.asdict(evaluation),
@@ -256,7 +271,8 @@ def summary(result: dict[str, Any]) -> str:
       f"  FLOPs per step: XLA {result['xla_flops_all_chips'] or float('nan'):.4g} (a scanned block counted once), "
       f"analytic model {result['analytic_train_flops']:.4g}, executed with recomputation "
       f"{result['executed_train_flops']:.4g}",
-      f"  collectives per train step: {train['collectives']}",
+      f"  collectives per train step: {train['collectives']}; largest all-gather "
+      f"{train['largest_all_gather_mib']:.3g} MiB (largest parameter {result['largest_param_mib']:.3g} MiB)",
   ]
   if 'estimated_step_s' in result:
     lines.append(f"  compile-time ESTIMATE (not a measurement): step {result['estimated_step_s']:.3g} s, "

@@ -1,16 +1,20 @@
 """Building blocks shared by the towers and the global transformer.
 
 Parameters carry logical sharding axes (`embed`, `mlp`, `qkv`); `synchformer_jax.sharding` maps them to
-mesh axes. Every attention in the model is a `MultiHeadAttention` with a fused q|k|v projection: the
+mesh axes. Activations between blocks are pinned to logical axes too (`constrain`), under the rules a caller sets
+(`sharding.activation_sharding`); without them, on one device or in inference, nothing is pinned. Every attention in the model is a `MultiHeadAttention` with a fused q|k|v projection: the
 converter fuses the original's separate query/key/value weights where it has them.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd
+from jax.sharding import PartitionSpec
 
 from synchformer_jax.models.config import REMAT_POLICY_NAMES
 
@@ -18,6 +22,25 @@ Initializer = Callable[..., jax.Array]
 trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02)
 normal_02 = nnx.initializers.normal(stddev=0.02)
 standard_normal = nnx.initializers.normal(stddev=1.0)
+
+
+def constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
+  """`x` laid out by logical axis names, one a dimension, under the current mesh and logical-axis rules; a
+  dimension its mesh axes do not divide (a padded eval batch) is left to XLA. Without rules or mesh: `x`."""
+  rules, mesh = dict(spmd.get_logical_axis_rules()), jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  spec = []
+  for size, name in zip(x.shape, logical_axes):
+    axes = rules.get(name)
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    spec.append(axes if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None)
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+
+
+def constrain_tokens(x: jax.Array) -> jax.Array:
+  """A block's (batch, tokens, width) output: split over the batch, whole along tokens and width."""
+  return constrain(x, 'activation_batch', 'activation_length', 'activation_embed')
 
 
 class Buffer(nnx.Variable):
@@ -217,7 +240,7 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, remat: str | None) ->
   """
   if remat is None:
     for block in blocks:
-      x = block(x)
+      x = constrain_tokens(block(x))
     return x
   graphdefs, rng_states, other_states = zip(*(nnx.split(block, nnx.RngState, ...) for block in blocks))
   if any(g != graphdefs[0] for g in graphdefs):
@@ -225,7 +248,7 @@ def run_blocks(blocks: Sequence[nnx.Module], x: jax.Array, remat: str | None) ->
 
   def apply(h, block_state):
     block = nnx.merge(graphdefs[0], *block_state)
-    return block(h), nnx.state(block, nnx.RngState)
+    return constrain_tokens(block(h)), nnx.state(block, nnx.RngState)
 
   stack = lambda states: jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
   # The loop already keeps the recomputation apart: no barriers against common-subexpression elimination needed.

@@ -76,10 +76,11 @@ def _extract_fn(steps: trainer.Trainer, mesh):
   batch_sharding = sharding.batch_sharding(mesh)
 
   def extract(state, video, audio):
-    model, _ = nnx.merge(steps.graphdef, state)
-    model.eval()
-    vfeat, afeat = model.extract_features(video, audio)
-    return vfeat.astype(jnp.float32), afeat.astype(jnp.float32)
+    with sharding.activation_sharding(mesh):
+      model, _ = nnx.merge(steps.graphdef, state)
+      model.eval()
+      vfeat, afeat = model.extract_features(video, audio)
+      return vfeat.astype(jnp.float32), afeat.astype(jnp.float32)
 
   return jax.jit(extract, in_shardings=(steps.state_shardings, batch_sharding, batch_sharding),
                  out_shardings=(batch_sharding, batch_sharding))

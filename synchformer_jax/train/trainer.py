@@ -134,7 +134,8 @@ def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings, 
 
     def micro_step(carry, micro_batch):
       rest, grad_sum = carry
-      m = nnx.merge(model_def, params, rest)
+      # The parameters come from outside the loop: fresh Variables for them, made in the loop's trace.
+      m = nnx.merge(model_def, jax.tree.map(lambda x: x, params), rest)
       (loss, metrics), grads = grad_fn(m, micro_batch)
       return (nnx.split(m, wrt, ...)[2], jax.tree.map(jnp.add, grad_sum, grads)), (loss, metrics)
 
@@ -145,25 +146,27 @@ def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings, 
     return (mean(losses), jax.tree.map(mean, metrics)), jax.tree.map(lambda g: g / grad_accum, grad_sum)
 
   def train_step(state, batch):
-    model, optimizer = nnx.merge(graphdef, state)
-    _set_modes(model, kind)
-    if kind == 'avclip':
-      model.clamp_logit_scale()
-    if grad_accum == 1:
-      (loss, metrics), grads = grad_fn(model, batch)
-    else:
-      (loss, metrics), grads = accumulated_grads(model, batch)
-    optimizer.update(model, grads)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
-    return nnx.split((model, optimizer))[1], metrics
+    with sharding.activation_sharding(mesh):
+      model, optimizer = nnx.merge(graphdef, state)
+      _set_modes(model, kind)
+      if kind == 'avclip':
+        model.clamp_logit_scale()
+      if grad_accum == 1:
+        (loss, metrics), grads = grad_fn(model, batch)
+      else:
+        (loss, metrics), grads = accumulated_grads(model, batch)
+      optimizer.update(model, grads)
+      metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+      return nnx.split((model, optimizer))[1], metrics
 
   def eval_step(state, batch):
-    model, _ = nnx.merge(graphdef, state)
-    model.eval()
-    if kind == 'avclip':
-      vfeat, afeat = model.embed_segments(batch['video'], batch['audio'])
-      return {'segment_vfeat': vfeat, 'segment_afeat': afeat}
-    return {'logits': _stage2_logits(model, batch)}
+    with sharding.activation_sharding(mesh):
+      model, _ = nnx.merge(graphdef, state)
+      model.eval()
+      if kind == 'avclip':
+        vfeat, afeat = model.embed_segments(batch['video'], batch['audio'])
+        return {'segment_vfeat': vfeat, 'segment_afeat': afeat}
+      return {'logits': _stage2_logits(model, batch)}
 
   return Trainer(
       model_cfg, mesh, graphdef, state_shardings,

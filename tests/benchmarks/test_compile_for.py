@@ -3,10 +3,13 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
+from synchformer_jax import sharding
 from synchformer_jax.benchmarks import compile_for
-from synchformer_jax.train.config import base_config
+from synchformer_jax.train import trainer
+from synchformer_jax.train.config import base_config, model_config
 from tests.conftest import REPO_ROOT, require_optional
 
 
@@ -41,6 +44,30 @@ def test_fsdp_keeps_a_quarter_of_the_parameters_on_each_of_four_chips(stage):
   assert gathers(split) > gathers(replicated) and replicated['train']['collectives']['all-reduce'] > 0
   if stage == 'sync':
     assert gathers(replicated) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('stage', ['avclip', 'sync'])
+def test_a_data_fsdp_tensor_step_gathers_parameters_never_whole_activations(stage):
+  result = compile_for.compile_steps(_tiny(stage, data=2, fsdp=2, tensor=2), 'v5p:2x2x2', batch_per_chip=2,
+                                     with_eval=False)
+  assert result['chips'] == 8 and result['global_batch'] == 8
+  # The blocks' outputs of all 8 clips (8 × 14 segments × 65 tokens × 64 wide, float32: 1.8 MiB) would exceed the
+  # largest parameter (the 1536 × 64 patch embedding: 0.375 MiB); Stage I's segment embeddings (112 × 64), which
+  # the contrastive loss compares across the batch, do not.
+  assert 0 < result['train']['largest_all_gather_mib'] <= result['largest_param_mib']
+
+
+def test_the_model_pins_each_block_output_under_the_activation_rules():
+  require_optional('libtpu', 'test')
+  config = base_config('avclip')
+  cfg = model_config(config)
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}, compile_for.topology_devices('v5p:2x2x2'))
+  graphdef, state = trainer.abstract_state(cfg, config.optim, 10, mesh)
+  steps = trainer.make_trainer(cfg, mesh, graphdef, jax.tree.map(lambda x: x.sharding, state))
+  lowered = steps.eval_step.lower(state, compile_for.abstract_batch(config, cfg, 8, mesh))
+  pinned = lowered.as_text().count('sdy.sharding_constraint')
+  assert pinned >= cfg.video.depth + cfg.audio.depth
 
 
 @pytest.mark.slow
