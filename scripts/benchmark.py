@@ -26,6 +26,7 @@ def main(argv=None) -> int:
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--remat', action='store_true', help='train-step: rematerialise every block')
   parser.add_argument('--remat_policy', default='nothing_saveable', help='train-step: with --remat')
+  parser.add_argument('--attention_impl', choices=['xla', 'cudnn'], help="default: JAX's choice ('cudnn': NVIDIA GPUs)")
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=1, help='train-step: untimed steps first (0 for long steps)')
   parser.add_argument('--onednn-dots', action='store_true', help='CPU: oneDNN for the matmuls (see cpu.py)')
@@ -45,8 +46,10 @@ def main(argv=None) -> int:
   from synchformer_jax.benchmarks import harness, report, suites  # imports JAX
   from synchformer_jax.models.config import config_for_size
   stage = 'sync' if args.benchmark == 'stage2-forward' and args.stage == 'avclip' else args.stage
-  cfg = config_for_size(stage, args.size, dtype=args.dtype, remat=args.remat, remat_policy=args.remat_policy)
-  setting = {'stage': stage, 'size': args.size, 'batch': args.batch, 'dtype': args.dtype}
+  cfg = config_for_size(stage, args.size, dtype=args.dtype, remat=args.remat, remat_policy=args.remat_policy,
+                        attention_impl=args.attention_impl)
+  setting = {'stage': stage, 'size': args.size, 'batch': args.batch, 'dtype': args.dtype,
+             **({'attention_impl': args.attention_impl} if args.attention_impl else {})}
   if args.benchmark == 'stage2-forward':
     measured = {**setting, 'segments': cfg.transformer.n_segments,
                 **suites.stage2_forward(cfg, args.batch, args.repeats)}

@@ -131,12 +131,13 @@ class CompiledStep:
   largest_all_gather_mib: float  # gathered parameters, unless the step gathers activations
 
 
-def executed_train_flops(cfg, batch: int) -> int:
-  """The FLOPs a train step executes: the model FLOPs, plus one more forward of every rematerialised tower."""
-  flops = mfu.train_step_flops(cfg, batch)
+def executed_train_flops(cfg, batch: int, frozen_towers_run: bool = True) -> int:
+  """The FLOPs a train step executes: the model FLOPs, plus one more forward of every rematerialised block that
+  is trained (frozen towers keep no activations for a backward, and recompute nothing)."""
+  flops = mfu.train_step_flops(cfg, batch, frozen_towers_run=frozen_towers_run)
   if cfg.remat:
     parts = forward_flops(cfg)
-    flops += (parts['video'] + parts['audio'] + (parts['head'] if cfg.kind != 'avclip' else 0)) * batch
+    flops += (parts['total'] if cfg.kind == 'avclip' else parts['head']) * batch
   return flops
 
 
@@ -180,8 +181,9 @@ def compile_steps(config: ConfigDict, topology: str, batch_per_chip: int | None 
   eval_batch = {k: v for k, v in batch.items() if k not in TARGET_KEY.values()}
   evaluation = _compile(steps.eval_step, state, eval_batch) if with_eval else None
   params = trainer.model_variables(state)
-  analytic = mfu.train_step_flops(cfg, config.batch_size)
-  executed = executed_train_flops(cfg, config.batch_size)
+  towers_run = not input_pipeline.uses_features(config)
+  analytic = mfu.train_step_flops(cfg, config.batch_size, frozen_towers_run=towers_run)
+  executed = executed_train_flops(cfg, config.batch_size, towers_run)
   hbm = HBM_GIB[chip]
   result = {
       'topology': topology, 'chips': len(devices), 'mesh': dict(mesh.shape), 'stage': config.stage,

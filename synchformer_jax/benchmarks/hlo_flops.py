@@ -5,7 +5,7 @@ import math
 import re
 
 # One HLO instruction: `name = type[dims]{layout} op(operands), attributes`.
-_HLO_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?([\w.\-]+) = \w+\[([\d,]*)\]\S* (\w+)\((.*?)\)(.*)$')
+_HLO_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?([\w.\-]+) = \w+\[([\d,]*)\]\S* ([\w\-]+)\((.*?)\)(.*)$')
 
 
 def matmul_flops(hlo_text: str) -> int:

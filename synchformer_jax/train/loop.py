@@ -176,7 +176,9 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
   writer.truncate_after(step)
 
   peak_flops = _peak_flops(config)
-  flops_per_step = mfu.train_step_flops(cfg, config.batch_size) if peak_flops else None
+  flops_per_step = (mfu.train_step_flops(cfg, config.batch_size,
+                                         frozen_towers_run=not input_pipeline.uses_features(config))
+                    if peak_flops else None)
   preemption = _Preemption()
   progress = _ProgressBar(step, config.total_steps, enabled=_is_lead_process())
   window = _MetricsWindow()

@@ -18,14 +18,16 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
   return next((flops for name, flops in PEAK_BF16_FLOPS.items() if name in kind), None)
 
 
-def train_step_flops(cfg: ModelConfig, batch: int) -> int:
+def train_step_flops(cfg: ModelConfig, batch: int, *, frozen_towers_run: bool = True) -> int:
   """Model FLOPs of one training step, analytically: 3× the forward of what is trained (forward, and a
-  backward of twice its cost), 1× the forward of frozen towers (Stage II / III). Rematerialisation's
-  recomputed forward is not model work and is not counted."""
+  backward of twice its cost), 1× the forward of frozen towers (Stage II / III) unless the step trains on
+  their precomputed features (`frozen_towers_run=False`). Rematerialisation's recomputed forward is not model
+  work and is not counted."""
   parts = forward_flops(cfg)
   if cfg.kind == 'avclip':
     return 3 * parts['total'] * batch
-  return (parts['video'] + parts['audio'] + 3 * parts['head']) * batch
+  towers = parts['video'] + parts['audio'] if frozen_towers_run else 0
+  return (towers + 3 * parts['head']) * batch
 
 
 def flops_and_mfu(model_flops: float, step_s: float) -> dict[str, Any]:

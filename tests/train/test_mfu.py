@@ -5,6 +5,7 @@ import jax
 import pytest
 
 from synchformer_jax import sharding
+from synchformer_jax.benchmarks.compile_for import abstract_batch
 from synchformer_jax.benchmarks.harness import random_batch
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
 from synchformer_jax.models import flops
@@ -43,3 +44,18 @@ def test_mfu_is_achieved_flops_over_the_peak(monkeypatch):
   assert mfu.flops_and_mfu(50e12, 2.0) == {'analytic_flops': 50e12, 'achieved_tflops_per_s': 25.0, 'mfu': 0.25}
   monkeypatch.setattr(mfu, 'peak_flops_per_device', lambda device=None: None)
   assert mfu.flops_and_mfu(50e12, 2.0)['mfu'] is None
+
+
+def test_a_step_on_precomputed_features_counts_the_dots_of_the_head_alone():
+  config = base_config('sync')
+  config.data.precomputed_windows = 1
+  cfg = config_for_size('sync', 'tiny')
+  mesh = sharding.make_mesh({'data': 1}, jax.devices('cpu')[:1])
+  graphdef, state, shardings = trainer.create_state(cfg, config.optim, 10, mesh, seed=0)
+  steps = trainer.make_trainer(cfg, mesh, graphdef, shardings)
+  xla = matmul_flops(steps.train_step.lower(state, abstract_batch(config, cfg, 2, mesh)).as_text(dialect='hlo'))
+  # The features are inputs: the first projections need no gradient of them (one forward's worth less).
+  tr = cfg.transformer
+  unneeded = 2 * tr.n_segments * (flops.linear(cfg.video.time_tokens, cfg.video.dim, tr.dim)
+                                  + flops.linear(cfg.audio.time_tokens, cfg.audio.dim, tr.dim))
+  assert xla == pytest.approx(mfu.train_step_flops(cfg, 2, frozen_towers_run=False) - unneeded, rel=0.005)
