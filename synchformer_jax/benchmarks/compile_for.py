@@ -36,7 +36,6 @@ from synchformer_jax.train.config import model_config, validate
 
 # High-bandwidth memory per chip, GiB (public specifications), by the topology's chip name.
 HBM_GIB = {'v4': 32, 'v5e': 16, 'v5p': 95, 'v6e': 32}
-PEAK_BF16_FLOPS = {'v4': 275e12, 'v5e': 197e12, 'v5p': 459e12, 'v6e': 918e12}
 _COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'all-to-all', 'collective-permute')
 
 
@@ -201,7 +200,8 @@ def compile_steps(config: ConfigDict, topology: str, batch_per_chip: int | None 
     # Compile-time estimates, not measurements: the cost model's bound, scaled to the FLOPs a scanned loop hides.
     scale = max(1.0, executed / (train.flops * len(devices)))
     result['estimated_step_s'] = train.optimal_seconds * scale
-    result['estimated_mfu'] = analytic / result['estimated_step_s'] / (len(devices) * PEAK_BF16_FLOPS[chip])
+    peak = mfu.peak_flops_per_device(devices[0])
+    result['estimated_mfu'] = analytic / result['estimated_step_s'] / (len(devices) * peak)
   return result
 
 

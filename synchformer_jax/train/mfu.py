@@ -9,8 +9,9 @@ from synchformer_jax.models.config import ModelConfig
 from synchformer_jax.models.flops import forward_flops
 
 # Dense bf16 peak FLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
+# The first name a device kind contains is its entry: 'TPU v5 lite' (v5e) before 'TPU v5' (what v5p reports).
 PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12,
-                   'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12}
+                   'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12}
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float | None:

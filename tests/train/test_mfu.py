@@ -35,6 +35,9 @@ def test_train_step_flops_are_the_dots_of_the_real_step(kind):
 
 def test_peak_flops_by_device_kind():
   assert mfu.peak_flops_per_device(types.SimpleNamespace(device_kind='TPU v5p')) == 459e12
+  # What v5p and v5e devices report (libtpu's topology devices, as on the chips).
+  assert mfu.peak_flops_per_device(types.SimpleNamespace(device_kind='TPU v5')) == 459e12
+  assert mfu.peak_flops_per_device(types.SimpleNamespace(device_kind='TPU v5 lite')) == 197e12
   assert mfu.peak_flops_per_device(types.SimpleNamespace(device_kind='NVIDIA H100 80GB HBM3')) == 989e12
   assert mfu.peak_flops_per_device(types.SimpleNamespace(device_kind='cpu')) is None
 
