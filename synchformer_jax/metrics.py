@@ -20,6 +20,13 @@ def offset_metrics(logits: np.ndarray, targets: np.ndarray, num_classes: int = N
   return metrics
 
 
+def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
+  """Mean softmax cross-entropy of integer targets (the classification stages' training loss)."""
+  logits = np.asarray(logits, np.float64)
+  log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+  return float(-np.mean(np.take_along_axis(log_probs, np.asarray(targets)[:, None], axis=-1)))
+
+
 def confusion_matrix(predictions: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
   matrix = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(matrix, (np.asarray(targets), np.asarray(predictions)), 1)
@@ -82,6 +89,29 @@ def shifted_window_precision(vfeat: np.ndarray, afeat: np.ndarray, window: int =
   precision_v = np.mean(np.argmax(sim, axis=2) == np.arange(n), axis=-1)
   return {'precision': float(np.mean((precision_a + precision_v) / 2)), 'precision_a': float(np.mean(precision_a)),
           'precision_v': float(np.mean(precision_v))}
+
+
+def segment_contrastive_loss(vfeat: np.ndarray, afeat: np.ndarray, temperature: float,
+                             group_clips: int = 4) -> dict[str, float]:
+  """Stage I's training loss on held-out clips: the symmetric InfoNCE over the segments of groups of
+  `group_clips` consecutive clips (the negatives a training batch of that size has), averaged over the groups.
+
+  vfeat, afeat: (B, S, D) L2-normalised segment embeddings. A trailing incomplete group is left out (its chance
+  level, ln of its segment count, differs), unless there is no complete one.
+  """
+  b, s, d = vfeat.shape
+  groups = max(b // group_clips, 1)
+  size = min(group_clips, b)
+  losses = []
+  for g in range(groups):
+    v = vfeat[g * size:(g + 1) * size].reshape(-1, d).astype(np.float64)
+    a = afeat[g * size:(g + 1) * size].reshape(-1, d).astype(np.float64)
+    sim = v @ a.T / temperature
+    diag = np.diagonal(sim)
+    v2a = np.logaddexp.reduce(sim, axis=1) - diag
+    a2v = np.logaddexp.reduce(sim, axis=0) - diag
+    losses.append(0.5 * (v2a.mean() + a2v.mean()))
+  return {'contrastive_loss': float(np.mean(losses))}
 
 
 def segment_retrieval(vfeat: np.ndarray, afeat: np.ndarray) -> dict[str, float]:

@@ -175,3 +175,48 @@ def plot_segment_similarity(vfeat: np.ndarray, afeat: np.ndarray, path: str, max
     ax.set_ylabel('video segment' if title == 'v2a' else 'audio segment')
   fig.tight_layout()
   return save_figure(fig, path, dpi=80)
+
+
+def plot_scaling_law(x: np.ndarray, y: np.ndarray, path: str, *, fit_x: np.ndarray | None = None,
+                     fit_y: np.ndarray | None = None, band: tuple[np.ndarray, np.ndarray] | None = None,
+                     fitted: np.ndarray | None = None, xlabel: str = '', ylabel: str = 'loss', label: str = '',
+                     title: str = '') -> plt.Figure:
+  """A loss against a scale on log-log axes: every point (`fitted` marks those the law was fitted to), the
+  fitted law and its bootstrap interval."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  fitted = np.ones(len(x), bool) if fitted is None else np.asarray(fitted, bool)
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  ax.scatter(x[~fitted], y[~fitted], color='0.6', s=18, label='other points')
+  ax.scatter(x[fitted], y[fitted], color='tab:blue', s=24, label='fitted points')
+  if fit_x is not None:
+    if band is not None:
+      ax.fill_between(fit_x, *band, color='tab:orange', alpha=0.25, label='bootstrap interval')
+    ax.plot(fit_x, fit_y, color='tab:orange', label=label or 'fit')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  ax.legend(fontsize=8)
+  return save_figure(fig, path)
+
+
+def plot_isoflop(budgets: np.ndarray, n: np.ndarray, loss: np.ndarray, optima: Sequence[Mapping[str, float]],
+                 path: str, *, parabolas: Mapping[float, tuple[np.ndarray, np.ndarray]] | None = None,
+                 title: str = '') -> plt.Figure:
+  """isoFLOP profiles: the loss against N for each budget, each budget's parabola and optimum (left); the
+  optimal N against the budget (right)."""
+  budgets, n, loss = (np.asarray(a, np.float64) for a in (budgets, n, loss))
+  fig, (profiles, frontier_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+  colours = plt.cm.viridis(np.linspace(0, 0.9, len(np.unique(budgets))))
+  for colour, budget in zip(colours, np.unique(budgets)):
+    at = budgets == budget
+    profiles.scatter(n[at], loss[at], color=colour, s=20, label=f'C = {budget:.2g}')
+    if parabolas and budget in parabolas:
+      profiles.plot(*parabolas[budget], color=colour, lw=1)
+  profiles.scatter([o['n_opt'] for o in optima], [o['loss_opt'] for o in optima], marker='*', s=120,
+                   color='tab:red', label='optimum', zorder=3)
+  profiles.set(xscale='log', xlabel='parameters N', ylabel='loss', title=title or 'isoFLOP profiles')
+  profiles.legend(fontsize=7)
+  frontier_ax.plot([o['budget'] for o in optima], [o['n_opt'] for o in optima], 'o-', color='tab:red')
+  frontier_ax.set(xscale='log', yscale='log', xlabel='training FLOPs C', ylabel='optimal N*',
+                  title='compute-optimal model size')
+  return save_figure(fig, path)

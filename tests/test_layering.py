@@ -5,6 +5,7 @@
   sharding | checkpointing | pretrained  device placement; orbax; model directories
   conversion                             PyTorch checkpoints (the only importer of torch)
   train | inference                      neither imports the other
+  scaling                                sweeps over the trainer, and their fits
   benchmarks                             on top; scripts are thin entry points above it all
 """
 import ast
@@ -21,6 +22,7 @@ ALLOWED = {
     'conversion': BASE | {'models', 'checkpointing', 'pretrained'},
     'train': BASE | {'models', 'data', 'metrics', 'plots', 'sharding', 'checkpointing', 'pretrained'},
     'inference': BASE | {'models', 'data', 'metrics', 'plots', 'checkpointing', 'pretrained'},
+    'scaling': BASE | {'models', 'plots', 'train'},
     'benchmarks': BASE | {'models', 'data', 'metrics', 'plots', 'sharding', 'checkpointing', 'pretrained', 'train',
                           'inference'},
     '__init__': {'pretrained'},

@@ -51,3 +51,26 @@ def test_roc_curve_encloses_the_metrics_auc_also_with_ties():
   assert roc['fpr'][0] == roc['tpr'][0] == 0 and roc['fpr'][-1] == roc['tpr'][-1] == 1
   assert np.all(np.diff(roc['fpr']) >= 0) and np.all(np.diff(roc['tpr']) >= 0)
   np.testing.assert_allclose(np.trapezoid(roc['tpr'], roc['fpr']), metrics.roc_auc(scores, labels))
+
+
+def test_the_held_out_contrastive_loss_is_the_training_loss_over_groups_of_clips():
+  import jax.numpy as jnp
+  from synchformer_jax.models.avclip import l2_normalize, segment_contrastive_loss
+  rng = np.random.default_rng(0)
+  vfeat = np.asarray(l2_normalize(jnp.asarray(rng.normal(size=(9, 3, 8)), jnp.float32)))
+  afeat = np.asarray(l2_normalize(jnp.asarray(rng.normal(size=(9, 3, 8)), jnp.float32)))
+  # Groups of 4 clips: clips 0-3 and 4-7; the ninth, an incomplete group, is left out.
+  per_group = [float(segment_contrastive_loss(jnp.asarray(vfeat[g:g + 4].reshape(-1, 8)),
+                                              jnp.asarray(afeat[g:g + 4].reshape(-1, 8)), 0.07)[0]) for g in (0, 4)]
+  got = metrics.segment_contrastive_loss(vfeat, afeat, 0.07, group_clips=4)['contrastive_loss']
+  assert got == pytest.approx(np.mean(per_group), rel=1e-5)
+  # Fewer clips than a group: one group of all of them.
+  alone = float(segment_contrastive_loss(jnp.asarray(vfeat[:2].reshape(-1, 8)), jnp.asarray(afeat[:2].reshape(-1, 8)),
+                                         0.07)[0])
+  assert metrics.segment_contrastive_loss(vfeat[:2], afeat[:2], 0.07)['contrastive_loss'] == pytest.approx(alone, rel=1e-5)
+
+
+def test_cross_entropy_of_integer_targets():
+  logits = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+  expected = np.mean([-(2.0 - np.log(np.exp(2.0) + 1 + np.exp(-1.0))), np.log(3.0)])
+  assert metrics.cross_entropy(logits, np.array([0, 2])) == pytest.approx(expected)

@@ -75,3 +75,30 @@ def test_segment_similarity_rows_are_min_max_scaled(tmp_path):
   np.testing.assert_allclose(fig.axes[0].images[0].get_array(), expected, atol=1e-12)
   np.testing.assert_allclose(fig.axes[1].images[0].get_array().min(axis=1), 0)
   _read_png(tmp_path / 'viz' / 'sim.png')
+
+
+def test_a_scaling_law_plot_draws_every_point_the_fit_and_its_band(tmp_path):
+  x, y = np.array([1e3, 1e4, 1e5, 1e6]), np.array([3.0, 2.2, 1.9, 1.8])
+  grid = np.geomspace(1e3, 1e6, 20)
+  fig = plots.plot_scaling_law(x, y, str(tmp_path / 'law.png'), fit_x=grid, fit_y=1.7 + 10 * grid ** -0.3,
+                               band=(1.6 + 10 * grid ** -0.3, 1.8 + 10 * grid ** -0.3),
+                               fitted=np.array([True, True, False, True]), xlabel='N', label='fit')
+  ax = fig.axes[0]
+  other, fitted = (c.get_offsets() for c in ax.collections[:2])
+  np.testing.assert_allclose(other, [[1e5, 1.9]])
+  np.testing.assert_allclose(fitted, [[1e3, 3.0], [1e4, 2.2], [1e6, 1.8]])
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), 1.7 + 10 * grid ** -0.3)
+  assert ax.get_xscale() == ax.get_yscale() == 'log' and len(ax.collections) == 3  # points, points, band
+  _read_png(tmp_path / 'law.png')
+
+
+def test_an_isoflop_plot_marks_each_budget_and_its_optimum(tmp_path):
+  budgets = np.repeat([1e12, 1e13], 3)
+  n = np.tile([1e4, 1e5, 1e6], 2)
+  loss = np.array([2.0, 1.8, 1.9, 1.7, 1.5, 1.55])
+  optima = [{'budget': 1e12, 'n_opt': 2e5, 'loss_opt': 1.79}, {'budget': 1e13, 'n_opt': 4e5, 'loss_opt': 1.49}]
+  fig = plots.plot_isoflop(budgets, n, loss, optima, str(tmp_path / 'iso.png'))
+  profiles, frontier = fig.axes
+  np.testing.assert_allclose(profiles.collections[-1].get_offsets(), [[2e5, 1.79], [4e5, 1.49]])
+  np.testing.assert_allclose(frontier.lines[0].get_xydata(), [[1e12, 2e5], [1e13, 4e5]])
+  _read_png(tmp_path / 'iso.png')

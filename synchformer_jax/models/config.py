@@ -139,6 +139,9 @@ class ModelConfig:
       raise ModelConfigError('video.crop', f'a multiple of the patch size {self.video.patch}', self.video.crop)
     if self.video.frames % self.video.tubelet:
       raise ModelConfigError('video.frames', f'a multiple of the tubelet length {self.video.tubelet}', self.video.frames)
+    if self.kind == 'avclip' and self.audio.dim != self.video.dim:  # segment embeddings are compared by dot product
+      raise ModelConfigError('audio.dim', f'the video tower\'s dim {self.video.dim} (Stage I compares the towers\' '
+                             'embeddings)', self.audio.dim)
     for name, tower in (('audio.n_mels', self.audio.n_mels), ('audio.n_frames', self.audio.n_frames)):
       if tower < self.audio.patch:
         raise ModelConfigError(name, f'at least the patch size {self.audio.patch}', tower)

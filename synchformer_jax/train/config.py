@@ -2,8 +2,10 @@
 
 Every field is checked before any work starts; an invalid value raises `ConfigError` naming the field.
 The model block names a size (`model.size`) and can override any architecture field of it
-(`--config.model.transformer.layers=2`); `model_config` builds the `ModelConfig`, whose own checks are
-the one validation of the architecture.
+(`--config.model.transformer.layers=2`); `model.towers` sets width, depth, heads and MLP ratio of both towers at
+once (a model family for scaling sweeps: `--config.model.towers.dim=96 --config.model.towers.depth=3`), and a
+field set in `model.video` or `model.audio` wins over it. `model_config` builds the `ModelConfig`, whose own
+checks are the one validation of the architecture.
 """
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ def base_config(stage: str) -> ConfigDict:
 
   c.model = ConfigDict()
   c.model.size = 'tiny'  # the architecture (models.config.SIZES); the sections below override its fields
+  # Both towers at once (None keeps the size's value); mlp_ratio sets mlp_dim = ratio × dim.
+  c.model.towers = ConfigDict({'dim': config_dict.placeholder(int), 'depth': config_dict.placeholder(int),
+                               'heads': config_dict.placeholder(int), 'mlp_ratio': config_dict.placeholder(int)})
   for section, fields in ARCHITECTURE_SECTIONS.items():
     c.model[section] = _architecture_overrides(fields)
   c.model.dtype = 'float32'
@@ -96,11 +101,30 @@ def base_config(stage: str) -> ConfigDict:
   return c
 
 
+TOWER_SECTIONS = ('video', 'audio')
+
+
+def _tower_family(c: ConfigDict, base: ModelConfig) -> dict[str, dict[str, int]]:
+  """The fields `model.towers` sets in each tower: dim, depth, heads, and mlp_dim from mlp_ratio (× the tower's
+  resulting dim)."""
+  towers = c.model.get('towers') or {}
+  shared = {k: towers.get(k) for k in ('dim', 'depth', 'heads') if towers.get(k) is not None}
+  fields = {}
+  for name in TOWER_SECTIONS:
+    fields[name] = dict(shared)
+    if towers.get('mlp_ratio') is not None:
+      dim = c.model[name].get('dim') or shared.get('dim') or getattr(base, name).dim
+      fields[name]['mlp_dim'] = towers['mlp_ratio'] * dim
+  return fields
+
+
 def model_config(c: ConfigDict) -> ModelConfig:
-  """The architecture a training config describes: its size's, with the fields it overrides."""
+  """The architecture a training config describes: its size's, with the fields it overrides (a section's own
+  fields over `model.towers`)."""
   base = config_for_size(c.stage, c.model.size)
-  sections = {name: dataclasses.replace(getattr(base, name),
-                                        **{k: v for k, v in c.model[name].items() if v is not None})
+  family = _tower_family(c, base)
+  sections = {name: dataclasses.replace(getattr(base, name), **{
+      **family.get(name, {}), **{k: v for k, v in c.model[name].items() if v is not None}})
               for name in ARCHITECTURE_SECTIONS}
   return base.replace(**sections, dtype=c.model.dtype, remat=c.model.remat, remat_policy=c.model.remat_policy,
                       attention_impl=c.model.attention_impl or None)
@@ -117,6 +141,9 @@ def validate(c: ConfigDict, num_devices: int) -> None:
   for field in ('total_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _check(isinstance(c[field], int) and c[field] > 0, field, 'a positive integer', c[field])
   _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', 'a non-negative integer', c.seed)
+  for name, value in (c.model.get('towers') or {}).items():
+    _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
+           f'model.towers.{name}', 'a positive integer (or None: the size\'s value)', value)
   try:
     model_config(c)
   except ModelConfigError as e:

@@ -31,19 +31,20 @@ def collect_outputs(config: ConfigDict, cfg: ModelConfig, steps, state, source, 
     mask = local.pop(loader.MASK_KEY)
     for name, value in {**jax.device_get(outputs), **local}.items():
       value = np.asarray(value)
-      if config.stage == 'avclip':  # (B·S, D) → (B, S, D), so padding clips can be dropped
-        value = value.reshape(len(mask), -1, value.shape[-1])
+      if config.stage == 'avclip':  # (B·S, ...) → (B, S, ...), so padding clips can be dropped
+        value = value.reshape(len(mask), -1, *value.shape[1:])
       collected.setdefault(name, []).append(value[mask])
   return {k: np.concatenate(v) for k, v in collected.items()}
 
 
 def stage_metrics(stage: str, outputs: dict[str, np.ndarray]) -> dict[str, float]:
   if stage == 'avclip':
-    return {**metrics.shifted_window_precision(outputs['segment_vfeat'], outputs['segment_afeat']),
-            **metrics.segment_retrieval(outputs['segment_vfeat'], outputs['segment_afeat'])}
-  if stage == 'sync':
-    return metrics.offset_metrics(outputs['logits'], outputs[TARGET_KEY['sync']])
-  return metrics.synchronizability_metrics(outputs['logits'], outputs[TARGET_KEY['synchability']])
+    vfeat, afeat = outputs['segment_vfeat'], outputs['segment_afeat']
+    return {**metrics.shifted_window_precision(vfeat, afeat), **metrics.segment_retrieval(vfeat, afeat),
+            **metrics.segment_contrastive_loss(vfeat, afeat, float(outputs['temperature'].flat[0]))}
+  logits, targets = outputs['logits'], outputs[TARGET_KEY[stage]]
+  per_stage = metrics.offset_metrics if stage == 'sync' else metrics.synchronizability_metrics
+  return {**per_stage(logits, targets), 'loss': metrics.cross_entropy(logits, targets)}
 
 
 def evaluate(config: ConfigDict, cfg: ModelConfig, steps, state, source, mesh, workdir: str, step: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ under `stop_gradient`, or precomputed) and train the projections, transformer an
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -103,6 +104,14 @@ def abstract_state(model_cfg: ModelConfig, optim_cfg, total_steps: int, mesh: Me
   return graphdef, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
+def parameter_counts(model_cfg: ModelConfig) -> dict[str, int]:
+  """Parameters of a model ('params') and those its stage trains ('trainable'), from shapes alone."""
+  model = nnx.eval_shape(lambda: build_model(model_cfg))
+  count = lambda state: sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+  return {'params': count(nnx.state(model, nnx.Param)),
+          'trainable': count(nnx.state(model, trainable(model_cfg.kind)))}
+
+
 def model_variables(state) -> nnx.State:
   """The model's parameters and buffers in a train state (what a model directory stores), not the optimiser's."""
   return nnx.filter_state(state[0], nnx.Any(nnx.Param, Buffer))
@@ -165,7 +174,9 @@ def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings, 
       model.eval()
       if kind == 'avclip':
         vfeat, afeat = model.embed_segments(batch['video'], batch['audio'])
-        return {'segment_vfeat': vfeat, 'segment_afeat': afeat}
+        # The temperature per segment row, so that it is gathered and un-padded like the embeddings.
+        temperature = jnp.broadcast_to(model.logit_scale[...], vfeat.shape[:1])
+        return {'segment_vfeat': vfeat, 'segment_afeat': afeat, 'temperature': temperature}
       return {'logits': _stage2_logits(model, batch)}
 
   return Trainer(

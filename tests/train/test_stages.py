@@ -61,6 +61,31 @@ def test_architecture_fields_are_overridden_from_the_command_line():
     validate(config, num_devices=1)
 
 
+def test_the_towers_family_sets_both_towers_and_a_section_field_wins_over_it():
+  config = _parsed(str(REPO_ROOT / 'configs' / 'avclip.py'), '--config.model.towers.dim=96',
+                   '--config.model.towers.depth=3', '--config.model.towers.heads=6', '--config.model.towers.mlp_ratio=2',
+                   '--config.model.audio.heads=4', '--config.model.transformer.layers=2')
+  cfg = model_config(config)
+  assert (cfg.video.dim, cfg.video.depth, cfg.video.heads, cfg.video.mlp_dim) == (96, 3, 6, 192)
+  assert (cfg.audio.dim, cfg.audio.depth, cfg.audio.heads, cfg.audio.mlp_dim) == (96, 3, 4, 192)
+  assert cfg.transformer.layers == 2 and cfg.video.crop == 64  # the rest: the tiny size's
+  validate(config, num_devices=1)
+  # Named sizes are untouched by an unset family: the full size is still the published architecture.
+  full = _parsed(str(REPO_ROOT / 'configs' / 'avclip.py') + ':audioset')
+  assert model_config(full) == synchformer_jax.models.config_for_size('avclip', 'full', dtype='bfloat16', remat=True)
+  bad = _parsed(str(REPO_ROOT / 'configs' / 'avclip.py'), '--config.model.towers.mlp_ratio=0')
+  with pytest.raises(ConfigError, match=r'config.model.towers.mlp_ratio: expected a positive integer'):
+    validate(bad, num_devices=1)
+  # The MLP ratio scales each tower's own width (Stage II's towers may differ in width).
+  config = _parsed(str(REPO_ROOT / 'configs' / 'sync.py'), '--config.model.towers.mlp_ratio=3',
+                   '--config.model.audio.dim=48')
+  assert (model_config(config).video.mlp_dim, model_config(config).audio.mlp_dim) == (192, 144)
+  # Stage I compares the towers' embeddings: their widths must agree.
+  bad = _parsed(str(REPO_ROOT / 'configs' / 'avclip.py'), '--config.model.audio.dim=48')
+  with pytest.raises(ConfigError, match=r"config.model.audio.dim: expected the video tower's dim 64"):
+    validate(bad, num_devices=1)
+
+
 @pytest.mark.slow
 def test_stage1_then_the_fine_tune_train_through_the_loop(tmp_path, synthetic_data):
   data = dict(dir=str(synthetic_data), build_if_missing=False, eval_max_clips=2)
@@ -71,7 +96,7 @@ def test_stage1_then_the_fine_tune_train_through_the_loop(tmp_path, synthetic_da
   assert result['step'] == 2
   logged = [json.loads(line) for line in (tmp_path / 'avclip' / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in logged if 'loss' in r] == [1, 2]
-  assert {'eval/precision', 'eval/v2a_recall_1'} <= set(logged[-1])
+  assert {'eval/precision', 'eval/v2a_recall_1', 'eval/contrastive_loss'} <= set(logged[-1])
   assert (tmp_path / 'avclip' / 'viz' / 'segment_similarity_0000002.png').exists()
   avclip = synchformer_jax.load(str(tmp_path / 'avclip' / 'model'))
 
@@ -80,7 +105,8 @@ def test_stage1_then_the_fine_tune_train_through_the_loop(tmp_path, synthetic_da
   fine_tune.data.update(**data)
   fine_tune.model.init = str(tmp_path / 'avclip' / 'model')
   result = train(fine_tune, str(tmp_path / 'synchability'))
-  assert result['step'] == 2 and 'eval/accuracy' in (tmp_path / 'synchability' / 'metrics.jsonl').read_text()
+  logged = [json.loads(line) for line in (tmp_path / 'synchability' / 'metrics.jsonl').read_text().splitlines()]
+  assert result['step'] == 2 and {'eval/accuracy', 'eval/loss'} <= set(logged[-1])
   model = synchformer_jax.load(str(tmp_path / 'synchability' / 'model'))
   assert model.cfg.kind == 'synchability' and model.cfg.transformer.n_segments == 13
   # The towers came from Stage I and stayed frozen through the fine-tune's steps.
