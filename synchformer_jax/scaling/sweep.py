@@ -150,14 +150,19 @@ def _parameter_counts(cfg) -> dict[str, int]:
   return trainer.parameter_counts(cfg)
 
 
+def step_flops(config: ConfigDict) -> int:
+  """Analytic FLOPs of one training step: 3× the forward of what trains; frozen towers once a step, unless
+  they run once for precomputed features."""
+  return mfu.train_step_flops(model_config(config), config.batch_size,
+                              frozen_towers_run=not input_pipeline.uses_features(config))
+
+
 def describe(config: ConfigDict) -> dict[str, Any]:
-  """What a point is, analytically: parameters, training FLOPs (3× the forward of what trains, per step, times
-  the steps; frozen towers once a step unless they run once for precomputed features) and data seen."""
+  """What a point is, analytically: parameters, training FLOPs (`step_flops` times the steps) and data seen."""
   cfg = model_config(config)
-  step_flops = mfu.train_step_flops(cfg, config.batch_size,
-                                    frozen_towers_run=not input_pipeline.uses_features(config))
+  per_step = step_flops(config)
   clips = config.total_steps * config.batch_size
-  return {**_parameter_counts(cfg), 'step_flops': step_flops, 'train_flops': step_flops * config.total_steps,
+  return {**_parameter_counts(cfg), 'step_flops': per_step, 'train_flops': per_step * config.total_steps,
           'steps': config.total_steps, 'batch_size': config.batch_size, 'clips_seen': clips,
           'segments_seen': clips * cfg.transformer.n_segments}
 
@@ -184,9 +189,9 @@ def expand(sweep: ConfigDict) -> list[Point]:
       for candidate in candidates:
         config = base_config(sweep)
         _apply(config, candidate, 'sweep candidate')
-        step_flops = describe(config)['step_flops']
-        steps = candidate.get('total_steps', max(1, round(budget / step_flops)))
-        if steps >= min_steps and abs(steps * step_flops - budget) <= tolerance * budget:
+        per_step = step_flops(config)
+        steps = candidate.get('total_steps', max(1, round(budget / per_step)))
+        if steps >= min_steps and abs(steps * per_step - budget) <= tolerance * budget:
           overrides = {**candidate, 'total_steps': steps}
           points.append(Point(point_name(overrides, budget), overrides, float(budget)))
   names = [p.name for p in points]

@@ -135,6 +135,13 @@ def test_sweep_files_are_checked_field_by_field(tmp_path):
   assert len(sweeps.expand(sweep)) == 16
   isoflop = sweeps.expand(sweeps.load_sweep(str(REPO_ROOT / 'configs' / 'sweeps' / 'avclip_tiny.py') + ':isoflop'))
   assert {p.budget for p in isoflop} == {5e11, 1e12, 2e12}
+  # The TPU sweep: every width × depth at each budget, steps spending it within 2 %.
+  tpu = sweeps.load_sweep(str(REPO_ROOT / 'configs' / 'sweeps' / 'avclip_audioset.py'))
+  points = sweeps.expand(tpu)
+  assert len(points) == 36 and {p.budget for p in points} == {3e18, 1e19, 3e19}
+  for p in points[:3]:
+    spent = sweeps.step_flops(sweeps.point_config(tpu, p)) * p.overrides['total_steps']
+    assert abs(spent - p.budget) <= 0.02 * p.budget
 
 
 def test_print_commands_gives_one_train_command_per_point_with_its_config(tmp_path):
