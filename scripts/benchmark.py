@@ -5,6 +5,7 @@
   python scripts/benchmark.py flops --stage sync --size full            # analytic vs XLA, no timing
   python scripts/benchmark.py loader --stage sync --workers 2 --batch 8 --data_dir data/generated
   python scripts/benchmark.py head-probe --size tiny --batch 32 --steps 3000   # can the Stage II head learn?
+  python scripts/benchmark.py head-diagnosis --size tiny --batch 32 --layers 3 --at_steps 0,100,400   # why not?
 
 Runs on whatever JAX finds (CPU here); the row names the command, machine, versions and load average.
 `--onednn-dots` opts in to oneDNN matmuls on CPU (synchformer_jax/cpu.py says when that is safe).
@@ -19,7 +20,8 @@ from synchformer_jax import cpu
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('benchmark', choices=['stage2-forward', 'train-step', 'flops', 'loader', 'head-probe'])
+  parser.add_argument('benchmark', choices=['stage2-forward', 'train-step', 'flops', 'loader', 'head-probe',
+                                                    'head-diagnosis'])
   parser.add_argument('--stage', choices=['avclip', 'sync', 'synchability'], default='sync')
   parser.add_argument('--size', choices=['tiny', 'small', 'full'], default='full')
   parser.add_argument('--batch', type=int, default=1)
@@ -38,6 +40,8 @@ def main(argv=None) -> int:
   parser.add_argument('--layers', type=int, help="head-probe: global transformer layers (default: the size's)")
   parser.add_argument('--beacon_period', type=float, default=0.0,
                       help="head-probe: add the synthetic clips' dense cue with this period in s (0: events only)")
+  parser.add_argument('--at_steps', default='0,50,100,200,400',
+                      help='head-diagnosis: the steps to measure at (0: initialisation); it trains to the last')
   parser.add_argument('--out', help='write the JSON result here as well')
   args = parser.parse_args(argv)
   if args.onednn_dots:
@@ -58,6 +62,9 @@ def main(argv=None) -> int:
                 **suites.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}
   elif args.benchmark == 'flops':
     measured = {**setting, **suites.forward_flops_check(cfg, args.batch)}
+  elif args.benchmark == 'head-diagnosis':
+    at_steps = [int(s) for s in args.at_steps.split(',')]
+    measured = {**setting, **suites.head_diagnosis(cfg, args.batch, at_steps, args.learning_rate, args.layers)}
   elif args.benchmark == 'head-probe':
     measured = {**setting, **suites.head_probe(cfg, args.batch, args.steps, args.learning_rate, args.layers,
                                                          args.beacon_period)}

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from synchformer_jax import sharding
+from synchformer_jax.benchmarks import head_diagnosis as head_diagnosis_lib
 from synchformer_jax.benchmarks import head_probe as head_probe_lib
 from synchformer_jax.benchmarks.harness import batch_shapes, peak_rss_gib, random_batch, time_calls, time_compiled, xla_analyses
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
@@ -111,13 +112,28 @@ def loader_benchmark(stage: str, size: str, batch: int, workers: int, n_batches:
   return loader_throughput(batches, n_batches, batch)
 
 
-def head_probe(cfg: ModelConfig, batch: int, steps: int, learning_rate: float, layers: int | None,
-               beacon_period_sec: float = 0.0) -> dict[str, Any]:
-  """Trains the Stage II head alone on simulated event features (`train.head_probe`) with Stage II's optimiser."""
+def _probe_setup(cfg: ModelConfig, learning_rate: float, layers: int | None) -> tuple[ModelConfig, Any]:
+  """The head probe's model (with `layers` global transformer layers) and Stage II's optimiser at `learning_rate`."""
   if layers is not None:
     cfg = cfg.replace(transformer=dataclasses.replace(cfg.transformer, layers=layers))
   optim = base_config('sync').optim
   optim.learning_rate = learning_rate
+  return cfg, optim
+
+
+def head_diagnosis(cfg: ModelConfig, batch: int, at_steps: list[int], learning_rate: float,
+                   layers: int | None) -> dict[str, Any]:
+  """What the OFF token reads, the gradients and the scales at `at_steps` of a head-probe run (`head_diagnosis`)."""
+  cfg, optim = _probe_setup(cfg, learning_rate, layers)
+  rows = head_diagnosis_lib.diagnose(cfg, optim, steps=max(at_steps), batch_size=batch, at_steps=at_steps)
+  return {'layers': cfg.transformer.layers, 'learning_rate': learning_rate, 'snapshots': rows,
+          'peak_rss_gib': peak_rss_gib()}
+
+
+def head_probe(cfg: ModelConfig, batch: int, steps: int, learning_rate: float, layers: int | None,
+               beacon_period_sec: float = 0.0) -> dict[str, Any]:
+  """Trains the Stage II head alone on simulated event features (`train.head_probe`) with Stage II's optimiser."""
+  cfg, optim = _probe_setup(cfg, learning_rate, layers)
   curve = head_probe_lib.train_head(cfg, optim, steps=steps, batch_size=batch, eval_every=max(1, steps // 12),
                                     beacon_period_sec=beacon_period_sec)
   return {'layers': cfg.transformer.layers, 'learning_rate': learning_rate, 'beacon_period_sec': beacon_period_sec,

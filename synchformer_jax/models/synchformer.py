@@ -59,6 +59,9 @@ class GlobalTransformer(nnx.Module):
     # Named as the original (`off_head` / `sync_head`) so the checkpoint tells which task it was trained on.
     setattr(self, head_name, dense(cfg.dim, num_classes, ('embed', None), dtype=dtype, rngs=rngs,
                                    kernel_init=normal_02))
+    # Opt-in (diagnostics): sow the OFF token's final feature (what the head reads) as `nnx.Intermediate`
+    # 'off_feature'. A Python flag read when tracing, like the attention's `sow_attention`.
+    self.sow_off_feature = False
 
   def __call__(self, vis: jax.Array, aud: jax.Array) -> jax.Array:
     """(B, Lv, D), (B, La, D) → logits (B, classes)."""
@@ -73,6 +76,8 @@ class GlobalTransformer(nnx.Module):
     x = jnp.concatenate([off, vis, mod, aud], axis=1) + self.pos_emb[...].astype(vis.dtype)
     x = run_blocks(self.blocks, self.embd_dropout(x), self.remat)
     cls = self.ln_f(x[:, 0])
+    if self.sow_off_feature:
+      self.sow(nnx.Intermediate, 'off_feature', cls)
     return getattr(self, self.head_name)(cls.astype(x.dtype)).astype(jnp.float32)
 
 
