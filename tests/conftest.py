@@ -83,6 +83,7 @@ _LONGEST_FIRST = (
     'tests/train/test_resume.py::test_sigterm_and_sigkill',
     'tests/train/test_features.py::',
     'tests/train/test_stages.py::test_stage1_then_the_fine_tune',
+    'tests/scaling/test_sweep.py::test_two_points_train_through_the_real_trainer',
     'tests/benchmarks/test_compile_for.py::test_stage1_with_fsdp',
     'tests/train/test_multidevice.py::test_a_checkpoint_of_another_model',
     'tests/benchmarks/test_head_probe.py::test_with_the_beacon',
