@@ -62,3 +62,40 @@ def test_with_the_beacon_a_one_layer_head_learns_within_300_steps():
   row = report.markdown_row({'benchmark': 'head-probe', 'command': 'c', 'machine': harness.machine_description(),
                              **result})
   assert 'held-out acc@1' in row and 'cross-correlation acc@1' in row and 'beacon 10 s' in row
+
+
+def test_the_diagnosis_sees_the_original_heads_input_blind_start():
+  import dataclasses
+  from synchformer_jax.benchmarks import head_diagnosis
+  from synchformer_jax.train.config import base_config
+  cfg = CFG.replace(transformer=dataclasses.replace(CFG.transformer, layers=2))
+  rows = head_diagnosis.diagnose(cfg, base_config('sync').optim, steps=3, batch_size=8, at_steps=[0, 3],
+                                 probe_windows=84)
+  assert [r['step'] for r in rows] == [0, 3] and rows[0]['train_loss'] is None and rows[1]['train_loss'] > 2.5
+  start = rows[0]
+  assert len(start['attention']) == 2
+  for layer in start['attention']:
+    # The OFF token's attention over the 198 tokens is uniform at the original's initialisation ...
+    assert layer['off_entropy'] > 0.99
+    shares = [layer[f'off_to_{part}'] for part in ('OFF', 'video', 'MOD', 'audio')]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    assert layer['off_to_video'] == pytest.approx(112 / 198, abs=0.02)
+  # ... so its logits barely depend on the input, and the gradient sits in the head.
+  assert start['logit_std_over_windows'] < 0.01 * start['logit_std_over_classes']
+  assert start['grad_norm']['final norm and head'] > 10 * max(start['grad_norm'][f'block {i}'] for i in range(2))
+  assert set(start['grad_norm']) == {'positional table', 'OFF/MOD tokens', 'input norms', 'projections', 'block 0',
+                                     'block 1', 'final norm and head'}
+  # The positional table's rows (N(0, 1) over 64 channels) are as large as the normalised tokens.
+  assert start['positional_row_norm'] == pytest.approx(8.0, rel=0.1)
+  assert start['token_norm_after_input_norm'] == pytest.approx(8.0, rel=0.05)
+  assert 0.0 <= start['probe_acc_off_feature'] <= 1.0
+
+
+def test_a_ridge_probe_reads_a_linear_signal_and_not_noise():
+  from synchformer_jax.benchmarks import head_diagnosis
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 21, 600)
+  informative = np.eye(21)[labels] + 0.2 * rng.standard_normal((600, 21))
+  assert head_diagnosis.ridge_probe_accuracy(informative[:300], labels[:300], informative[300:], labels[300:]) > 0.9
+  noise = rng.standard_normal((600, 21))
+  assert head_diagnosis.ridge_probe_accuracy(noise[:300], labels[:300], noise[300:], labels[300:]) < 0.15
