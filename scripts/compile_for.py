@@ -20,6 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'a config file, option
 _TOPOLOGY = flags.DEFINE_string('topology', None, "a TPU slice, e.g. 'v5e:2x2', 'v5p:4x4x4', 'v6e:16x16'")
 _BATCH_PER_CHIP = flags.DEFINE_integer('batch_per_chip', None, 'clips per data shard (default: the config batch)')
 _FIND_MAX_BATCH = flags.DEFINE_bool('find_max_batch', False, 'search the largest clips per chip that fit in HBM')
+_START_BATCH = flags.DEFINE_integer('start_batch', 1, '--find_max_batch: the first batch to compile (one that an earlier '
+                                    'search found to fit; compiled again)')
 _OUT = flags.DEFINE_string('out', None, 'write the JSON result here')
 flags.mark_flags_as_required(['config', 'topology'])
 
@@ -29,7 +31,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   command = ' '.join(['python scripts/compile_for.py', *sys.argv[1:]])
   if _FIND_MAX_BATCH.value:
-    search = compile_for.find_max_batch(_CONFIG.value, _TOPOLOGY.value)
+    search = compile_for.find_max_batch(_CONFIG.value, _TOPOLOGY.value, start=_START_BATCH.value)
     print(f"largest batch that fits: {search['max_batch_per_chip']} clips per chip "
           f"({len(search['probes'])} compiles: {search['probes']})")
     if search['at_max']:

@@ -221,12 +221,14 @@ def _peak(outcome: dict[str, Any] | str) -> float | None:
   return outcome['train']['memory']['peak_gib'] if isinstance(outcome, dict) else None
 
 
-def find_max_batch(config: ConfigDict, topology: str, limit: int = 4096) -> dict[str, Any]:
+def find_max_batch(config: ConfigDict, topology: str, limit: int = 4096, start: int = 1) -> dict[str, Any]:
   """The largest clips per chip whose train step fits in HBM, in few compiles (minutes each at full size).
 
-  A step's memory grows linearly with its batch: compiles at 1 and 2 clips per chip fix a line, and each next
+  A step's memory grows linearly with its batch: compiles at `start` (1) and twice it fix a line, and each next
   probe is the largest batch that the line through the two largest fitting batches puts under HBM, kept below
   the smallest batch known not to fit; once the line has overshot, a prediction at or past that bound bisects.
+  A larger `start` (a batch an earlier search found to fit) saves the compiles below it; it is compiled again, and
+  if it does not fit the search runs below it.
   """
   hbm = HBM_GIB[chip_of(topology)]
   probes = []
@@ -236,11 +238,15 @@ def find_max_batch(config: ConfigDict, topology: str, limit: int = 4096) -> dict
     probes.append({'batch_per_chip': batch, 'fits': ok, 'peak_gib': _peak(outcome)})
     return ok, outcome
 
-  ok, first = probe(1)
+  start = min(start, limit)
+  ok, first = probe(start)
+  if not ok and start > 1:
+    below = find_max_batch(config, topology, limit=start - 1)
+    return {**below, 'probes': probes + below['probes']}
   if not ok:
     return {'max_batch_per_chip': 0, 'at_max': None, 'probes': probes, 'refused': first}
-  fitting = [(1, first)]  # (batch, result), ascending
-  high, guess, overshot = limit + 1, 2, False  # `high` does not fit (or is past the limit)
+  fitting = [(start, first)]  # (batch, result), ascending
+  high, guess, overshot = limit + 1, 2 * start, False  # `high` does not fit (or is past the limit)
   while high - fitting[-1][0] > 1:
     low = fitting[-1][0]
     batch = guess if guess < high else ((low + high) // 2 if overshot else high - 1)

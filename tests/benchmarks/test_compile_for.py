@@ -115,3 +115,8 @@ def test_the_batch_search_finds_the_largest_fit_in_few_compiles(monkeypatch, fix
   assert len(search['probes']) <= (4 if not curvature else 8)  # a curve: bisection's log2(40) at worst
   if true_max:
     assert search['at_max']['batch_per_chip'] == min(true_max, 4096)
+  # Started from a batch an earlier search found (compiled again), or from one that does not fit: the same answer.
+  for start in (3, true_max, true_max + 5):
+    resumed = compile_for.find_max_batch(None, 'v5p:2x2x1', start=max(start, 1))
+    assert resumed['max_batch_per_chip'] == min(true_max, 4096)
+    assert resumed['probes'][0]['batch_per_chip'] == min(max(start, 1), 4096)
