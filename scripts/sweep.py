@@ -7,7 +7,7 @@ Running it again resumes: finished points are kept, an interrupted point resumes
 one is tried again. `WORKDIR/results.jsonl` and `results.csv` hold one row per point (overrides, parameters,
 analytic training FLOPs, clips seen, final and best eval metrics, wall time, status). --print_commands prints one
 `train.py` command per point instead (to run the points elsewhere; `--collect` then writes the table from their
-workdirs).
+workdirs). Exits 1 when a point failed (the others ran; the table says which and why).
 """
 import argparse
 import logging

@@ -231,7 +231,8 @@ def run(sweep: ConfigDict, workdir: str, train: Callable[[ConfigDict, str], dict
 
   A point that raises is recorded as failed, with its error, and the sweep goes on (a re-run tries it again, from
   its last checkpoint). A point that stops early (a preemption notice) is recorded as interrupted and the sweep
-  stops, to be resumed by running it again.
+  stops, to be resumed by running it again; a notice during a point's final evaluation or export lets that point
+  finish and then stops the sweep.
   """
   if train is None:
     from synchformer_jax.train.loop import train  # the trainer proper; tests may pass their own
@@ -266,9 +267,9 @@ def run(sweep: ConfigDict, workdir: str, train: Callable[[ConfigDict, str], dict
       finished = result['step'] >= config.total_steps
       _record(directory, point, status='done' if finished else 'interrupted',
               wall_s=previous['wall_s'] + time.perf_counter() - start)
-      if not finished:
+      if not finished or result.get('preempted'):
         write_results(sweep, workdir)
-        log.warning('sweep point %s interrupted at step %d: the sweep stops here', point.name, result['step'])
+        log.warning('sweep point %s: preempted at step %d, the sweep stops here', point.name, result['step'])
         break
     write_results(sweep, workdir)
   return write_results(sweep, workdir)

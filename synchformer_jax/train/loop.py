@@ -49,6 +49,11 @@ class _Preemption:
     log.warning('SIGTERM received: saving a checkpoint and exiting after this step')
     self._requested = True
 
+  @property
+  def received(self) -> bool:
+    """A SIGTERM reached this process (also one after the last step, during the final evaluation or export)."""
+    return self._requested
+
   def reached(self, step: int) -> bool:
     """Called by every process after every step."""
     if self._across_hosts:
@@ -183,6 +188,7 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
   progress = _ProgressBar(step, config.total_steps, enabled=_is_lead_process())
   window = _MetricsWindow()
   metrics = {}
+  preempted = False
 
   def read_metrics() -> dict[str, float]:
     """Fetches the window's metrics and logs its `log_every` steps; a non-finite loss raises, naming its step,
@@ -233,7 +239,7 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
     progress.close()
   if step == config.total_steps:
     _export(steps, state, cfg, os.path.join(workdir, 'model'), config, step)
-  return {'step': step, **metrics, 'best': best}
+  return {'step': step, **metrics, 'best': best, 'preempted': preempted or preemption.received}
 
 
 def _host_copy(x: jax.Array) -> np.ndarray:

@@ -25,9 +25,10 @@ def _sweep(**fields) -> ConfigDict:
   return s
 
 
-def _fake_train(calls, fail=(), stop_at=None):
+def _fake_train(calls, fail=(), stop_at=None, late_notice=False):
   """A stand-in trainer: logs a loss falling with width and steps, and one evaluation; raises for the widths in
-  `fail`; with `stop_at`, returns early at that step (as a preempted run does)."""
+  `fail`; with `stop_at`, returns early at that step (as a preempted run does); with `late_notice`, finishes but
+  reports a preemption notice received after its last step."""
   def train(config, workdir):
     calls.append(os.path.basename(workdir))
     dim = config.model.towers.dim
@@ -39,7 +40,7 @@ def _fake_train(calls, fail=(), stop_at=None):
       f.writelines(json.dumps({'step': s, 'loss': loss + 1.0 / s}) + '\n' for s in range(1, last + 1))
       if last == config.total_steps:
         f.write(json.dumps({'step': last, 'eval/contrastive_loss': loss, 'eval/precision': 1 / loss}) + '\n')
-    return {'step': last}
+    return {'step': last, 'preempted': stop_at is not None or late_notice}
   return train
 
 
@@ -109,6 +110,13 @@ def test_an_interrupted_point_stops_the_sweep_and_resumes_first(tmp_path):
   rows = sweeps.run(sweep, str(tmp_path), train=_fake_train(calls))
   assert calls[1:] == ['towers.dim=16_total_steps=6', 'towers.dim=32_total_steps=6']
   assert [r['status'] for r in rows] == ['done', 'done']
+
+
+def test_a_notice_during_a_points_final_export_lets_it_finish_and_stops_the_sweep(tmp_path):
+  sweep = _sweep(grid=[('model.towers.dim', [16, 32]), ('total_steps', [6])])
+  calls = []
+  rows = sweeps.run(sweep, str(tmp_path), train=_fake_train(calls, late_notice=True))
+  assert calls == ['towers.dim=16_total_steps=6'] and [r['status'] for r in rows] == ['done', 'pending']
 
 
 def test_an_invalid_point_stops_the_sweep_before_any_point_runs(tmp_path):
