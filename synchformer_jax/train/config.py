@@ -104,28 +104,18 @@ def base_config(stage: str) -> ConfigDict:
 TOWER_SECTIONS = ('video', 'audio')
 
 
-def _tower_family(c: ConfigDict, base: ModelConfig) -> dict[str, dict[str, int]]:
-  """The fields `model.towers` sets in each tower: dim, depth, heads, and mlp_dim from mlp_ratio (× the tower's
-  resulting dim)."""
-  towers = c.model.get('towers') or {}
-  shared = {k: towers.get(k) for k in ('dim', 'depth', 'heads') if towers.get(k) is not None}
-  fields = {}
-  for name in TOWER_SECTIONS:
-    fields[name] = dict(shared)
-    if towers.get('mlp_ratio') is not None:
-      dim = c.model[name].get('dim') or shared.get('dim') or getattr(base, name).dim
-      fields[name]['mlp_dim'] = towers['mlp_ratio'] * dim
-  return fields
-
-
 def model_config(c: ConfigDict) -> ModelConfig:
   """The architecture a training config describes: its size's, with the fields it overrides (a section's own
-  fields over `model.towers`)."""
+  fields over `model.towers`; `model.towers.mlp_ratio` times a tower's resulting dim, unless it sets mlp_dim)."""
   base = config_for_size(c.stage, c.model.size)
-  family = _tower_family(c, base)
-  sections = {name: dataclasses.replace(getattr(base, name), **{
-      **family.get(name, {}), **{k: v for k, v in c.model[name].items() if v is not None}})
-              for name in ARCHITECTURE_SECTIONS}
+  towers = {k: v for k, v in c.model.towers.items() if v is not None and k != 'mlp_ratio'}
+  sections = {}
+  for name in ARCHITECTURE_SECTIONS:
+    own = {k: v for k, v in c.model[name].items() if v is not None}
+    section = dataclasses.replace(getattr(base, name), **{**(towers if name in TOWER_SECTIONS else {}), **own})
+    if name in TOWER_SECTIONS and c.model.towers.mlp_ratio is not None and 'mlp_dim' not in own:
+      section = dataclasses.replace(section, mlp_dim=c.model.towers.mlp_ratio * section.dim)
+    sections[name] = section
   return base.replace(**sections, dtype=c.model.dtype, remat=c.model.remat, remat_policy=c.model.remat_policy,
                       attention_impl=c.model.attention_impl or None)
 
@@ -141,7 +131,7 @@ def validate(c: ConfigDict, num_devices: int) -> None:
   for field in ('total_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _check(isinstance(c[field], int) and c[field] > 0, field, 'a positive integer', c[field])
   _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', 'a non-negative integer', c.seed)
-  for name, value in (c.model.get('towers') or {}).items():
+  for name, value in c.model.towers.items():
     _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
            f'model.towers.{name}', 'a positive integer (or None: the size\'s value)', value)
   try:
