@@ -15,7 +15,7 @@ import numpy as np
 
 from synchformer_jax import plots
 from synchformer_jax.scaling import fit
-from synchformer_jax.scaling.sweep import SweepError
+from synchformer_jax.scaling.sweep import SweepError, atomic_file
 
 # The loss a sweep is fitted on by default: the first of these its rows have (Stage I, then Stage II / III).
 DEFAULT_METRICS = ('final_contrastive_loss', 'final_loss')
@@ -97,10 +97,8 @@ def analyse(rows: Sequence[dict[str, Any]], out_dir: str, metric: str | None = N
                          title=f'isoFLOP: N* ∝ C^{isoflop["a"]:.2f}, D* ∝ C^{isoflop["b"]:.2f}')
       report['plots'].append(path)
 
-  tmp = os.path.join(out_dir, 'fits.json.tmp')
-  with open(tmp, 'w') as f:
+  with atomic_file(os.path.join(out_dir, 'fits.json')) as f:
     json.dump(report, f, indent=1)
-  os.replace(tmp, os.path.join(out_dir, 'fits.json'))
   return report
 
 

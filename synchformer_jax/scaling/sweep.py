@@ -18,6 +18,7 @@ elsewhere (`commands`) are collected the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -31,7 +32,7 @@ import re
 import shlex
 import time
 import traceback
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 import jax
 from ml_collections import ConfigDict
@@ -133,16 +134,16 @@ def common_overrides(sweep: ConfigDict) -> dict[str, Any]:
   return flatten(sweep.get('overrides') or {}, '')
 
 
-def base_config(sweep: ConfigDict) -> ConfigDict:
+def base_config(sweep: ConfigDict, overrides: dict[str, Any] | None = None, origin: str = '') -> ConfigDict:
+  """The sweep's base config with its common overrides, then `overrides` (errors name `origin`)."""
   config = load_config_file(sweep.base)
   _apply(config, common_overrides(sweep), 'sweep.overrides')
+  _apply(config, overrides or {}, origin)
   return config
 
 
 def point_config(sweep: ConfigDict, point: Point) -> ConfigDict:
-  config = base_config(sweep)
-  _apply(config, point.overrides, f'sweep point {point.name}')
-  return config
+  return base_config(sweep, point.overrides, f'sweep point {point.name}')
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,9 +188,7 @@ def expand(sweep: ConfigDict) -> list[Point]:
     points = []
     for budget in isoflop.budgets:
       for candidate in candidates:
-        config = base_config(sweep)
-        _apply(config, candidate, 'sweep candidate')
-        per_step = step_flops(config)
+        per_step = step_flops(base_config(sweep, candidate, 'sweep candidate'))
         steps = candidate.get('total_steps', max(1, round(budget / per_step)))
         if steps >= min_steps and abs(steps * per_step - budget) <= tolerance * budget:
           overrides = {**candidate, 'total_steps': steps}
@@ -203,10 +202,12 @@ def expand(sweep: ConfigDict) -> list[Point]:
   return points
 
 
-def _write_json_atomic(path: str, record: dict[str, Any]) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str, newline: str | None = None) -> Iterator[TextIO]:
+  """A text file that appears at `path` only once it is completely written (a crash leaves the old one)."""
   tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=1)
+  with open(tmp, 'w', newline=newline) as f:
+    yield f
   os.replace(tmp, path)
 
 
@@ -221,7 +222,8 @@ def read_point(directory: str) -> dict[str, Any]:
 def _record(directory: str, point: Point, **fields) -> dict[str, Any]:
   record = {**read_point(directory), 'name': point.name, 'overrides': point.overrides, 'budget': point.budget,
             **fields}
-  _write_json_atomic(os.path.join(directory, POINT_FILE), record)
+  with atomic_file(os.path.join(directory, POINT_FILE)) as f:
+    json.dump(record, f, indent=1)
   return record
 
 
@@ -241,8 +243,11 @@ def run(sweep: ConfigDict, workdir: str, train: Callable[[ConfigDict, str], dict
   unknown = sorted(wanted - {p.name for p in points}) if wanted else []
   if unknown:
     raise SweepError(f'sweep: no point named {unknown[0]!r}')
-  check_points(sweep, jax.device_count())
+  configs = {point.name: point_config(sweep, point) for point in points}
+  for config in configs.values():  # every config valid before any point runs (a typo fails the sweep at once)
+    validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
+  rows = None
   for point in points:
     if wanted is not None and point.name not in wanted:
       continue
@@ -251,7 +256,7 @@ def run(sweep: ConfigDict, workdir: str, train: Callable[[ConfigDict, str], dict
     previous = read_point(directory)
     if previous['status'] == 'done':
       continue
-    config = point_config(sweep, point)
+    config = configs[point.name]
     log.info('sweep point %s (%s)', point.name, previous['status'])
     _record(directory, point, status='running', error=None)
     start = time.perf_counter()
@@ -268,11 +273,10 @@ def run(sweep: ConfigDict, workdir: str, train: Callable[[ConfigDict, str], dict
       _record(directory, point, status='done' if finished else 'interrupted',
               wall_s=previous['wall_s'] + time.perf_counter() - start)
       if not finished or result.get('preempted'):
-        write_results(sweep, workdir)
         log.warning('sweep point %s: preempted at step %d, the sweep stops here', point.name, result['step'])
-        break
-    write_results(sweep, workdir)
-  return write_results(sweep, workdir)
+        return write_results(sweep, workdir)
+    rows = write_results(sweep, workdir)
+  return rows if rows is not None else write_results(sweep, workdir)
 
 
 def _metric_summary(directory: str) -> dict[str, Any]:
@@ -320,17 +324,13 @@ def results(sweep: ConfigDict, workdir: str) -> list[dict[str, Any]]:
 def write_results(sweep: ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Writes `results.jsonl` and `results.csv` (overrides as JSON in one column) atomically; returns the rows."""
   rows = results(sweep, workdir)
-  tmp = os.path.join(workdir, f'{RESULTS_JSONL}.tmp')
-  with open(tmp, 'w') as f:
+  with atomic_file(os.path.join(workdir, RESULTS_JSONL)) as f:
     f.writelines(json.dumps(row) + '\n' for row in rows)
-  os.replace(tmp, os.path.join(workdir, RESULTS_JSONL))
   columns = list(dict.fromkeys(k for row in rows for k in row))
-  tmp = os.path.join(workdir, f'{RESULTS_CSV}.tmp')
-  with open(tmp, 'w', newline='') as f:
+  with atomic_file(os.path.join(workdir, RESULTS_CSV), newline='') as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows({**row, 'overrides': json.dumps(row['overrides'])} for row in rows)
-  os.replace(tmp, os.path.join(workdir, RESULTS_CSV))
   return rows
 
 
@@ -352,8 +352,3 @@ def commands(sweep: ConfigDict, workdir: str) -> list[str]:
                              '--workdir', os.path.join(workdir, point.name), *flags]))
   return lines
 
-
-def check_points(sweep: ConfigDict, num_devices: int) -> None:
-  """Validates every point's config before any point runs (a typo fails the sweep at once, not hours in)."""
-  for point in expand(sweep):
-    validate(point_config(sweep, point), num_devices)
