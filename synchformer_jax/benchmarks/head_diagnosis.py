@@ -23,10 +23,7 @@ from ml_collections import ConfigDict
 
 from synchformer_jax.benchmarks import head_probe
 from synchformer_jax.constants import NUM_OFFSET_CLASSES, TARGET_KEY
-from synchformer_jax.models import build_model
 from synchformer_jax.models.config import ModelConfig
-from synchformer_jax.train import trainer
-from synchformer_jax.train.optim import make_optimizer
 
 
 def parameter_group(path: Sequence[Any]) -> str:
@@ -124,24 +121,10 @@ def diagnose(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: int
              probe_windows: int = 1024, seed: int = 0, **simulation) -> list[dict[str, Any]]:
   """Trains a fresh head as `head_probe.train_head` does and takes a `snapshot` before the steps in `at_steps`
   (0: at initialisation), with the running training loss."""
-  model = build_model(cfg, seed)
-  model.train()
-  head = trainer.trainable(cfg.kind)
-  optimizer = nnx.Optimizer(model, make_optimizer(optim, steps), wrt=head)
-  windows = head_probe.SimulatedEvents(cfg, seed=seed, **simulation)
+  run = head_probe.fresh_head(cfg, optim, steps=steps, seed=seed, **simulation)
+  model, windows = run.model, run.windows
   probe_fit, probe_test = windows.batch(probe_windows), windows.batch(probe_windows)
-  grad_fn = nnx.value_and_grad(lambda m, b: trainer.loss_and_metrics(m, b, cfg.kind)[0],
-                               argnums=nnx.DiffState(0, head))
-
-  @nnx.jit
-  def train_step(model, optimizer, batch):
-    loss, grads = grad_fn(model, batch)
-    optimizer.update(model, grads)
-    return loss, grads
-
-  @nnx.jit
-  def gradients(model, batch):
-    return grad_fn(model, batch)[1]
+  gradients = nnx.jit(lambda model, batch: run.value_and_grad(model, batch)[1])
 
   rows, losses, start = [], [], time.perf_counter()
   wanted = sorted(set(at_steps))
@@ -154,5 +137,5 @@ def diagnose(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: int
       losses = []
       model.train()
     if step < steps:
-      losses.append(float(train_step(model, optimizer, windows.batch(batch_size))[0]))
+      losses.append(float(run.train_step(model, run.optimizer, windows.batch(batch_size))))
   return rows

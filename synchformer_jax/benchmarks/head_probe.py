@@ -13,8 +13,9 @@ modality. That cue is first-order: a head that pools all tokens already sees bot
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -112,23 +113,41 @@ def cross_correlation_accuracy(cfg: ModelConfig, windows_per_class: int = 20, se
   return float(np.mean(cross_correlation_offsets(video, audio, cfg) == targets))
 
 
-def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: int, eval_every: int,
-               eval_windows: int = 256, seed: int = 0, **simulation) -> list[dict[str, Any]]:
-  """Trains a fresh Stage II head on simulated windows; returns the loss and held-out accuracies every eval_every."""
+@dataclasses.dataclass
+class FreshHead:
+  """What a head-probe run trains: a fresh model (train mode), the optimiser over its head, the simulated windows,
+  the loss and gradients of a batch (`value_and_grad(model, batch)`, Stage II's loss) and the jitted training
+  step (`train_step(model, optimizer, batch)` → loss)."""
+  model: nnx.Module
+  optimizer: nnx.Optimizer
+  windows: SimulatedEvents
+  value_and_grad: Callable
+  train_step: Callable
+
+
+def fresh_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, seed: int = 0, **simulation) -> FreshHead:
   model = build_model(cfg, seed)
   model.train()
   head = trainer.trainable(cfg.kind)
   optimizer = nnx.Optimizer(model, make_optimizer(optim, steps), wrt=head)
-  windows = SimulatedEvents(cfg, seed=seed, **simulation)
-  held_out = windows.batch(eval_windows)
+  value_and_grad = nnx.value_and_grad(lambda m, b: trainer.loss_and_metrics(m, b, cfg.kind)[0],
+                                      argnums=nnx.DiffState(0, head))
 
   @nnx.jit
   def train_step(model, optimizer, batch):
-    def loss_fn(model):
-      return trainer.loss_and_metrics(model, batch, cfg.kind)[0]  # the Stage II loss on precomputed features
-    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, head))(model)
+    loss, grads = value_and_grad(model, batch)
     optimizer.update(model, grads)
     return loss
+
+  return FreshHead(model, optimizer, SimulatedEvents(cfg, seed=seed, **simulation), value_and_grad, train_step)
+
+
+def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: int, eval_every: int,
+               eval_windows: int = 256, seed: int = 0, **simulation) -> list[dict[str, Any]]:
+  """Trains a fresh Stage II head on simulated windows; returns the loss and held-out accuracies every eval_every."""
+  run = fresh_head(cfg, optim, steps=steps, seed=seed, **simulation)
+  model, windows = run.model, run.windows
+  held_out = windows.batch(eval_windows)
 
   @nnx.jit
   def logits(model, batch):
@@ -136,7 +155,7 @@ def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: i
 
   curve, losses, start = [], [], time.perf_counter()
   for step in range(1, steps + 1):
-    losses.append(train_step(model, optimizer, windows.batch(batch_size)))
+    losses.append(run.train_step(model, run.optimizer, windows.batch(batch_size)))
     if step % eval_every == 0 or step == steps:
       model.eval()
       held_out_metrics = metrics.offset_metrics(np.asarray(logits(model, held_out)), held_out[TARGET_KEY['sync']])
