@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-# The three trained stages, in order: Segment AVCLIP, offset classification, synchronizability. A stage's
-# name is also the `kind` of the model it trains.
-STAGES = ('avclip', 'sync', 'synchability')
+# What the trainer trains: Synchformer's three stages in order (Segment AVCLIP, offset classification,
+# synchronizability), and SparseSync, the predecessor, trained end to end. A stage's name is also the `kind`
+# of the model it trains.
+SYNCHFORMER_STAGES = ('avclip', 'sync', 'synchability')
+STAGES = (*SYNCHFORMER_STAGES, 'sparsesync')
 
 # The batch key of each stage's class target (Stage I is self-supervised: it has none).
-TARGET_KEY = {'sync': 'offset_target', 'synchability': 'sync_target'}
+TARGET_KEY = {'sync': 'offset_target', 'synchability': 'sync_target', 'sparsesync': 'offset_target'}
 TARGET_KEYS = {stage: (TARGET_KEY[stage],) if stage in TARGET_KEY else () for stage in STAGES}
 
 # Every stream is resampled to these rates (the original's re-encode).
@@ -36,6 +38,8 @@ MAX_OFFSET_SEC = 2.0
 OFFSET_STEP_SEC = 0.2
 NUM_OFFSET_CLASSES = round(2 * MAX_OFFSET_SEC / OFFSET_STEP_SEC) + 1  # 21
 OFFSET_GRID = np.linspace(-MAX_OFFSET_SEC, MAX_OFFSET_SEC, NUM_OFFSET_CLASSES, dtype=np.float32)  # class c: -2 + 0.2 c
+# SparseSync's offset grids, by number of classes: linspace(-max, max, classes) (21: the grid above; 3: -1, 0, 1 s).
+SPARSESYNC_MAX_OFFSET_SEC = {21: 2.0, 3: 1.0}
 # The synchronizability fine-tune: class 1 is 'can be synchronised'.
 NUM_SYNCHABILITY_CLASSES = 2
 # How a training offset is drawn: from the grid, uniformly (regression target), or uniformly with an

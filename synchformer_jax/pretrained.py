@@ -10,7 +10,7 @@ from flax import nnx
 
 from synchformer_jax import checkpointing
 from synchformer_jax.models import TARGETS, Buffer, build_target, stored_variables, target_of
-from synchformer_jax.models.config import ModelConfig, ModelConfigError
+from synchformer_jax.models.config import ModelConfig, ModelConfigError, SparseSyncConfig, config_from_dict
 
 
 def save(module: nnx.Module, directory: str, cfg: ModelConfig | None = None, *, provenance: dict[str, Any] | None = None,
@@ -28,7 +28,7 @@ def save_variables(variables: dict[str, np.ndarray], directory: str, target: str
   checkpointing.save_model_dir(directory, variables, metadata, overwrite=overwrite)
 
 
-def read_config(directory: str) -> tuple[str, ModelConfig]:
+def read_config(directory: str) -> tuple[str, ModelConfig | SparseSyncConfig]:
   """(target, model config) of a model directory, without reading its parameters."""
   metadata = checkpointing.read_metadata(directory)
   target = metadata.get('target')
@@ -36,7 +36,7 @@ def read_config(directory: str) -> tuple[str, ModelConfig]:
     raise checkpointing.ModelDirectoryError(
         f'{directory}: unknown target {target!r} in {checkpointing.METADATA_FILE}, expected one of {TARGETS}')
   try:
-    return target, ModelConfig.from_dict(metadata['config'])
+    return target, config_from_dict(metadata['config'])
   except ModelConfigError as e:
     raise checkpointing.ModelDirectoryError(f'{directory}: {e}') from e
 

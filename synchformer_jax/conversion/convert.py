@@ -9,12 +9,16 @@ Source kinds, detected from the file's layout and key names:
 | (any of the above) | a bare state dict without the wrapping dict (e.g. MMAudio's `synchformer_state_dict.pth`) | that model |
 | `hf_ast` | HF `ASTForAudioClassification` (`.bin` / `.safetensors`) | the AST tower |
 | `motionformer` | Motionformer SSv2 release (`.pyth`, weights under `'model_state'`) | the Motionformer tower |
+| `sparsesync` | SparseSync training checkpoint (`model_type` `'AVSyncModel'`), weights under `'model'` | SparseSync |
+| `s3d` | S3D Kinetics-400 "torchified" plain state dict (`base.*`, `fc.*`) | the S3D trunk (its `fc` dropped) |
+| `resnet_audio` | ResNetAudio VGGSound checkpoint (`model_type` `'ResNetAudio'`), weights under `'model'` | the ResNet-18 trunk (its 308-way `fc` dropped) |
 
 A conversion uses every source key and fills every target parameter, or fails listing what did not
 match. The gaps a source kind always has (a tower release has no aggregation layer; the classifier
 heads are not part of Synchformer) are expected and reported; any other gap (e.g. Stage I weights into
 a Stage II target) needs `allow_missing` / `allow_unused`, and the unfilled parameters keep a fresh
-initialisation.
+initialisation. The two systems do not mix: a Synchformer checkpoint into a SparseSync target (or the reverse)
+is refused outright. BatchNorm running statistics and counters are converted with the weights.
 """
 from __future__ import annotations
 
@@ -30,9 +34,9 @@ from flax import nnx
 
 from synchformer_jax.conversion import mapping
 from synchformer_jax.conversion.torch_io import CheckpointError, load_torch_file, opaque_to_plain
-from synchformer_jax.models import TARGETS, TOWERS, build_target, stored_variables
-from synchformer_jax.models.config import (SIZE_PARAMS, AudioTowerConfig, ModelConfig, SyncTransformerConfig,
-                                           VideoTowerConfig, config_for_size)
+from synchformer_jax.models import SPARSESYNC_TOWERS, TARGETS, TOWERS, build_target, stored_variables
+from synchformer_jax.models.config import (SIZE_PARAMS, AudioTowerConfig, ModelConfig, ModelConfigError, SparseSyncConfig,
+                                           SyncTransformerConfig, VideoTowerConfig, config_for_size)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,11 @@ _TOWER_PREFIX = {'sync': ('vfeat_extractor.', 'afeat_extractor.'), 'synchability
 _EXPECTED_GAPS = {
     ('hf_ast', 'ast'): (['freq_attn_agg.*'], ['classifier.*']),
     ('motionformer', 'motionformer'): (['spatial_attn_agg.*'], ['head.*', 'pre_logits.*']),
+    ('s3d', 's3d'): ([], ['fc.*']),  # the Kinetics-400 classifier, replaced by Identity in the sync model
+    ('resnet_audio', 'resnet_audio'): ([], ['fc.*']),  # the 308-way VGGSound classifier, likewise
 }
+# Which system each source kind and target belongs to: a conversion never crosses from one to the other.
+SPARSESYNC_KINDS = ('sparsesync', 's3d', 'resnet_audio')
 
 
 @dataclasses.dataclass
@@ -58,7 +66,7 @@ class SourceCheckpoint:
   def default_target(self) -> str:
     if self.kind == 'hf_ast':
       return 'ast'
-    if self.kind in ('motionformer', 'sync', 'synchability', 'avclip'):
+    if self.kind in ('motionformer', 'sync', 'synchability', 'avclip', *SPARSESYNC_KINDS):
       return self.kind
     raise AssertionError(self.kind)
 
@@ -67,7 +75,7 @@ class SourceCheckpoint:
 class Conversion:
   """Converted parameters (flat: dotted Flax path → array) and what happened on the way."""
   target: str
-  config: ModelConfig
+  config: ModelConfig | SparseSyncConfig
   params: dict[str, np.ndarray]
   missing: list[str]  # target parameters the source did not have (freshly initialised)
   unused: list[str]  # source keys no parameter took
@@ -97,10 +105,17 @@ def _kind_of_state_dict(sd: dict[str, np.ndarray], path: str) -> str:
     return 'hf_ast'
   if 'patch_embed_3d.proj.weight' in keys and 'temp_embed' in keys:
     return 'motionformer'
+  if 'transformer.global_transformer.OFF_tok' in keys and 'vfeat_extractor.base.0.conv_s.weight' in keys:
+    return 'sparsesync'
+  if 'base.0.conv_s.weight' in keys and 'base.15.branch0.0.conv.weight' in keys:
+    return 's3d'
+  if 'conv1.weight' in keys and 'layer4.1.conv2.weight' in keys and sd['conv1.weight'].ndim == 4:
+    return 'resnet_audio'
   sample = ', '.join(sorted(keys)[:6])
-  raise CheckpointError(f'{path}: the weights are not of a Synchformer architecture (expected Synchformer, '
-                        f'Segment AVCLIP, AST or Motionformer keys such as transformer.OFF_tok or '
-                        f'v_encoder.patch_embed_3d.proj.weight; found {len(keys)} keys like: {sample})')
+  raise CheckpointError(f'{path}: the weights are not of a supported architecture (expected Synchformer, '
+                        f'Segment AVCLIP, AST, Motionformer, SparseSync, S3D or ResNetAudio keys such as '
+                        f'transformer.OFF_tok, v_encoder.patch_embed_3d.proj.weight or '
+                        f'transformer.global_transformer.OFF_tok; found {len(keys)} keys like: {sample})')
 
 
 def read_source(path: str) -> SourceCheckpoint:
@@ -139,6 +154,8 @@ def infer_config(source: SourceCheckpoint, target: str, size: str | None = None)
   transformer's heads from the checkpoint's `args` when present, and what shapes cannot tell (tower heads,
   crop) from the named size whose shapes match, else the published values (64-d heads, 224 px).
   """
+  if source.kind in SPARSESYNC_KINDS:
+    return _sparsesync_config(source, size)
   kind = 'avclip' if target in TOWERS else target
   if size is not None:
     return config_for_size(kind, size)
@@ -176,6 +193,51 @@ def infer_config(source: SourceCheckpoint, target: str, size: str | None = None)
   return cfg
 
 
+def _sparsesync_config(source: SourceCheckpoint, size: str | None) -> SparseSyncConfig:
+  """A SparseSync architecture from the shapes: the trunks' widths, the head's width, depth, MLP and selector
+  count, the classes from `off_head`, and the input size from the positional tables (5 s at 224 px when the
+  source has no head, as the trunk checkpoints do). Heads from `args` when present, else 64-d heads."""
+  base = config_for_size('sparsesync', size or 'full')
+  if size is not None:
+    return base
+  sd = source.state_dict
+  prefix = {'sparsesync': ('vfeat_extractor.', 'afeat_extractor.'), 's3d': ('', None), 'resnet_audio': (None, '')}
+  vp, ap = prefix[source.kind]
+  fields = {}
+  if vp is not None:
+    fields['s3d_width_divisor'] = max(64 // sd[vp + 'base.0.conv_s.weight'].shape[0], 1)
+  if ap is not None:
+    fields['resnet_width'] = int(sd[ap + 'conv1.weight'].shape[0])
+    fields['transformer'] = dataclasses.replace(base.transformer, dim=8 * fields['resnet_width'])
+  if source.kind == 'sparsesync':
+    t = 'transformer.'
+    dim = int(sd[t + 'pre_lnorm_vis.weight'].shape[0])
+    heads = _arg(source.args, 'model.params.transformer.params.n_head') or max(dim // 64, 1)
+    fields['transformer'] = dataclasses.replace(
+        base.transformer, dim=dim, heads=int(heads), layers=_count(sd, r'transformer\.global_transformer\.blocks\.(\d+)\.'),
+        mlp_dim=int(sd[t + 'global_transformer.blocks.0.mlp.0.weight'].shape[0]))
+    fields['num_classes'] = int(sd[t + 'off_head.weight'].shape[0])
+    fields['num_selectors'] = int(sd[t + 'v_selector.selectors'].shape[0])
+    fields.update(_input_size(sd, t, base))
+  try:
+    return base.replace(**fields)
+  except ModelConfigError as e:  # the shapes describe no valid SparseSync
+    raise CheckpointError(f'{source.path}: {e}') from None
+
+
+def _input_size(sd: dict[str, np.ndarray], t: str, base: SparseSyncConfig) -> dict[str, int]:
+  """The clip length and crop whose token grids the positional tables hold (the original tried 2–8 s crops)."""
+  video_rows = (sd[t + 'vis_pos_emb.time_embed.weight'].shape[0], sd[t + 'vis_pos_emb.height_embed.weight'].shape[0])
+  audio_rows = (sd[t + 'aud_pos_emb.freq_embed.weight'].shape[0], sd[t + 'aud_pos_emb.time_embed.weight'].shape[0])
+  for seconds in range(1, 11):
+    for crop in range(32, 449, 32):
+      candidate = base.replace(frames=25 * seconds, crop=crop, audio_frames=1 + seconds * 16000 // 128)
+      if candidate.visual_block_shape[:2] == video_rows and candidate.audio_block_shape == audio_rows:
+        return {'frames': candidate.frames, 'crop': crop, 'audio_frames': candidate.audio_frames}
+  raise CheckpointError(f'positional tables of {video_rows} video and {audio_rows} audio rows match no clip of 1–10 s '
+                        'at a crop of 32–448 px')
+
+
 def _same_shapes(a: ModelConfig, b: ModelConfig, video: bool, audio: bool, transformer: bool) -> bool:
   shape_fields = lambda t: (t.dim, t.depth, t.mlp_dim)
   return ((not video or shape_fields(a.video) == shape_fields(b.video))
@@ -205,6 +267,8 @@ def _source_tower_prefixes(source: SourceCheckpoint) -> tuple[str | None, str | 
 def _keys_for_target(source: SourceCheckpoint, target: str) -> dict[str, np.ndarray]:
   """Renames the source's tower prefixes to the ones the target's rules use."""
   sd = source.state_dict
+  if source.kind in SPARSESYNC_KINDS:
+    return sd
   if source.kind == 'hf_ast':
     return {('ast.' + k[len('audio_spectrogram_transformer.'):] if k.startswith('audio_spectrogram_transformer.')
              else k): v for k, v in sd.items()}
@@ -225,7 +289,7 @@ def _keys_for_target(source: SourceCheckpoint, target: str) -> dict[str, np.ndar
 
 # ---- conversion ---------------------------------------------------------------------------------------------
 
-def target_rules(target: str, cfg: ModelConfig) -> list[mapping.Rule]:
+def target_rules(target: str, cfg: ModelConfig | SparseSyncConfig) -> list[mapping.Rule]:
   return mapping.tower_rules(target, cfg) if target in TOWERS else mapping.model_rules(cfg)
 
 
@@ -240,6 +304,14 @@ def convert(source: SourceCheckpoint, target: str | None = None, *, size: str | 
   target = target or source.default_target
   if target not in TARGETS:
     raise CheckpointError(f'{source.path}: target: expected one of {TARGETS}, got {target!r}')
+  sparsesync_target = target == 'sparsesync' or target in SPARSESYNC_TOWERS
+  if sparsesync_target != (source.kind in SPARSESYNC_KINDS):
+    systems = ('SparseSync', 'Synchformer') if sparsesync_target else ('Synchformer', 'SparseSync')
+    raise CheckpointError(f'{source.path}: a {systems[1]} checkpoint ({source.kind}) cannot become a {systems[0]} '
+                          f'{target!r} model: the two systems share no layer')
+  if source.kind in SPARSESYNC_KINDS and target != source.kind:
+    raise CheckpointError(f'{source.path}: a {source.kind} checkpoint converts to the {source.kind!r} target only, '
+                          f'not {target!r}')
   cfg = config or infer_config(source, target, size)
   sd = _keys_for_target(source, target)
   abstract = {k: v.shape for k, v in stored_variables(nnx.eval_shape(lambda: build_target(target, cfg))).items()}
@@ -287,7 +359,7 @@ def _listing(names: list[str], limit: int = 20) -> str:
   return shown + (f', … ({len(names) - limit} more)' if len(names) > limit else '')
 
 
-def to_original_state_dict(target: str, cfg: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
+def to_original_state_dict(target: str, cfg: ModelConfig | SparseSyncConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
   """Flax parameters → the original's state dict (key order of the original modules)."""
   out = {}
   for rule in target_rules(target, cfg):

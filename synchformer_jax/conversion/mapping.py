@@ -11,7 +11,9 @@ from typing import Iterator
 
 import numpy as np
 
-from synchformer_jax.models.config import AudioTowerConfig, ModelConfig, SyncTransformerConfig, VideoTowerConfig
+from synchformer_jax.models.config import (AudioTowerConfig, ModelConfig, SparseSyncConfig, SyncTransformerConfig,
+                                           VideoTowerConfig)
+from synchformer_jax.models.sparsesync import S3D_MIXED
 
 Path = tuple[str | int, ...]
 
@@ -23,7 +25,9 @@ class Rule:
   Layouts: 'copy'; 'linear' (weight (O, I) → kernel (I, O); several sources are fused along O);
   'bias' (several sources are concatenated); 'qkv' and 'qkv_bias' (a fused q|k|v projection, one torch
   tensor or three: kernel (I, 3, D) and bias (3, D), see `models.layers.QkvProjection`); 'patch3d' (Conv3d (O, C, kt, kh, kw) → (C·kt·kh·kw, O));
-  'conv2d' (Conv2d (O, C, kh, kw) → (kh, kw, C, O)); 'rows' (a (1, R, D) table whose leading rows are
+  'conv2d' (Conv2d (O, C, kh, kw) → (kh, kw, C, O)); 'conv3d' (Conv3d (O, C, kt, kh, kw) → (kt, kh, kw, C, O));
+  'pointwise' (a 1×1×1 Conv3d (O, C, 1, 1, 1) → a Dense kernel (C, O)); 'counter' (BatchNorm's int64
+  `num_batches_tracked`, int32 here); 'rows' (a (1, R, D) table whose leading rows are
   kept when the target is shorter, as the original does for the AST and the synchronizability
   positional tables).
   """
@@ -108,10 +112,12 @@ def ast_model_rules(path: Path, t: str, cfg: AudioTowerConfig) -> list[Rule]:
   return rules + _norm(path + ('layernorm',), t + 'layernorm')
 
 
-def global_transformer_rules(path: Path, t: str, cfg: SyncTransformerConfig, head: str) -> list[Rule]:
+def global_transformer_rules(path: Path, t: str, cfg: SyncTransformerConfig, head: str,
+                             with_positions: bool = True) -> list[Rule]:
   rules = (_norm(path + ('vis_in_lnorm',), t + 'vis_in_lnorm') + _norm(path + ('aud_in_lnorm',), t + 'aud_in_lnorm')
-           + [Rule(path + ('OFF_tok',), (t + 'OFF_tok',)), Rule(path + ('MOD_tok',), (t + 'MOD_tok',)),
-              Rule(path + ('pos_emb',), (t + 'pos_emb_cfg.pos_emb',), 'rows')])
+           + [Rule(path + ('OFF_tok',), (t + 'OFF_tok',)), Rule(path + ('MOD_tok',), (t + 'MOD_tok',))])
+  if with_positions:
+    rules.append(Rule(path + ('pos_emb',), (t + 'pos_emb_cfg.pos_emb',), 'rows'))
   for i in range(cfg.layers):
     rules += _pre_norm_block(path + ('blocks', i), f'{t}blocks.{i}.', norm1='ln1',
                              qkv=('attn.query', 'attn.key', 'attn.value'), proj='attn.proj', norm2='ln2',
@@ -119,8 +125,102 @@ def global_transformer_rules(path: Path, t: str, cfg: SyncTransformerConfig, hea
   return rules + _norm(path + ('ln_f',), t + 'ln_f') + _linear(path + (head,), t + head)
 
 
-def model_rules(cfg: ModelConfig) -> list[Rule]:
+def batch_norm_rules(path: Path, t: str) -> list[Rule]:
+  """A torch BatchNorm: affine weight and bias, running statistics and the update counter."""
+  return (_norm(path, t) + [Rule(path + ('mean',), (t + '.running_mean',)), Rule(path + ('var',), (t + '.running_var',)),
+                            Rule(path + ('num_batches_tracked',), (t + '.num_batches_tracked',), 'counter')])
+
+
+def _conv_bn(path: Path, t: str, conv: str, bn: str, layout: str) -> list[Rule]:
+  """A convolution `t + conv` and the BatchNorm `t + bn` after it (`t`: a key prefix, '' or ending in '.')."""
+  return [Rule(path + (conv, 'kernel'), (f'{t}{conv}.weight',), layout)] + batch_norm_rules(path + (bn,), t + bn)
+
+
+def _s3d_unit(path: Path, t: str, separable: bool) -> list[Rule]:
+  """A BasicConv3d (`conv`, `bn`) or a SepConv3d (`conv_s`, `bn_s`, `conv_t`, `bn_t`)."""
+  if not separable:
+    return _conv_bn(path, t, 'conv', 'bn', 'conv3d')
+  return _conv_bn(path, t, 'conv_s', 'bn_s', 'conv3d') + _conv_bn(path, t, 'conv_t', 'bn_t', 'conv3d')
+
+
+def s3d_rules(path: Path, t: str) -> list[Rule]:
+  """S3D's `base.*` (`t` = 'vfeat_extractor.' in a sync model): the stem, two units and the mixed blocks (the
+  max pools between them have no parameters)."""
+  base = path + ('base',)
+  rules = (_s3d_unit(base + (0,), f'{t}base.0.', True) + _s3d_unit(base + (2,), f'{t}base.2.', False)
+           + _s3d_unit(base + (3,), f'{t}base.3.', True))
+  for index in S3D_MIXED:
+    b, tb = base + (index,), f'{t}base.{index}.'
+    rules += _s3d_unit(b + ('branch0', 0), tb + 'branch0.0.', False)
+    for branch in ('branch1', 'branch2'):
+      rules += (_s3d_unit(b + (branch, 0), f'{tb}{branch}.0.', False)
+                + _s3d_unit(b + (branch, 1), f'{tb}{branch}.1.', True))
+    rules += _s3d_unit(b + ('branch3', 1), tb + 'branch3.1.', False)
+  return rules
+
+
+def resnet_rules(path: Path, t: str) -> list[Rule]:
+  """torchvision's ResNet-18 without `fc` (`t` = 'afeat_extractor.' in a sync model)."""
+  rules = _conv_bn(path, t, 'conv1', 'bn1', 'conv2d')
+  for stage in range(1, 5):
+    for block in range(2):
+      b, tb = path + (f'layer{stage}', block), f'{t}layer{stage}.{block}.'
+      rules += _conv_bn(b, tb, 'conv1', 'bn1', 'conv2d') + _conv_bn(b, tb, 'conv2', 'bn2', 'conv2d')
+      if stage > 1 and block == 0:
+        rules += ([Rule(b + ('downsample', 0, 'kernel'), (tb + 'downsample.0.weight',), 'conv2d')]
+                  + batch_norm_rules(b + ('downsample', 1), tb + 'downsample.1'))
+  return rules
+
+
+def _attention(path: Path, t: str, fused: bool) -> list[Rule]:
+  """The original's attention (`key`, `query`, `value`, `proj`): q|k|v fused for self-attention, kept
+  apart for the cross-attention, whose queries and keys come from different inputs."""
+  if fused:
+    return (_qkv(path + ('qkv',), tuple(f'{t}.{n}.weight' for n in ('query', 'key', 'value')),
+                 tuple(f'{t}.{n}.bias' for n in ('query', 'key', 'value')))
+            + _linear(path + ('proj',), t + '.proj'))
+  return [r for n in ('query', 'key', 'value', 'proj') for r in _linear(path + (n,), f'{t}.{n}')]
+
+
+def _mlp(path: Path, t: str) -> list[Rule]:
+  return _linear(path + ('fc1',), t + '.0') + _linear(path + ('fc2',), t + '.2')
+
+
+def sparsesync_head_rules(path: Path, t: str, cfg: SparseSyncConfig) -> list[Rule]:
+  """`transformer.*`: the original's `feature_selector.SparseSync`."""
+  embed = lambda p, key: Rule(p + ('embedding',), (key,))
+  rules = _norm(path + ('pre_lnorm_vis',), t + 'pre_lnorm_vis') + _norm(path + ('pre_lnorm_aud',), t + 'pre_lnorm_aud')
+  rules += [embed(path + ('vis_pos_emb', f'{axis}_embed'), f'{t}vis_pos_emb.{axis}_embed.weight')
+            for axis in ('time', 'height', 'width')]
+  rules += [embed(path + ('aud_pos_emb', f'{axis}_embed'), f'{t}aud_pos_emb.{axis}_embed.weight')
+            for axis in ('freq', 'time')]
+  for selector in ('v_selector', 'a_selector'):
+    s, ts = path + (selector,), f'{t}{selector}.'
+    rules += [Rule(s + ('selectors',), (ts + 'selectors',)),
+              embed(s + ('selectors_pos_emb',), ts + 'selectors_pos_emb.time_embed.weight')]
+    for i in range(cfg.transformer.layers):
+      b, tb = s + ('blocks', i), f'{ts}blocks.{i}'
+      rules += (_norm(b + ('ln1',), tb + '.ln1') + _attention(b + ('attn',), tb + '.attn', fused=True)
+                + _norm(b + ('ln2',), tb + '.ln2') + _attention(b + ('xattn',), tb + '.xattn', fused=False)
+                + _norm(b + ('ln3',), tb + '.ln3') + _mlp(b + ('mlp',), tb + '.mlp'))
+  g = path + ('global_transformer',)
+  gt = [r for r in global_transformer_rules(g, t + 'global_transformer.', cfg.transformer, 'off_head',
+                                           with_positions=False) if r.path[len(g)] != 'off_head']
+  return rules + gt + [Rule(g + ('off_head', 'kernel'), (t + 'off_head.weight',), 'linear')]
+
+
+def sparsesync_rules(cfg: SparseSyncConfig) -> list[Rule]:
+  """Every stored variable of a SparseSync model (the original's `AVSyncModel`), with its state-dict keys."""
+  return (s3d_rules(('vfeat_extractor',), 'vfeat_extractor.') + resnet_rules(('afeat_extractor',), 'afeat_extractor.')
+          + [Rule(('v_bridge', 'proj', 'kernel'), ('v_bridge.bridge.0.weight',), 'pointwise'),
+             Rule(('v_bridge', 'proj', 'bias'), ('v_bridge.bridge.0.bias',))]
+          + sparsesync_head_rules(('transformer',), 'transformer.', cfg))
+
+
+def model_rules(cfg: ModelConfig | SparseSyncConfig) -> list[Rule]:
   """Every parameter of a model of this config, with its original state-dict keys."""
+  if cfg.kind == 'sparsesync':
+    return sparsesync_rules(cfg)
   if cfg.kind == 'avclip':
     return ([Rule(('logit_scale',), ('logit_scale',))] + motionformer_rules(('v_encoder',), 'v_encoder.', cfg.video)
             + ast_rules(('a_encoder',), 'a_encoder.', cfg.audio))
@@ -131,13 +231,17 @@ def model_rules(cfg: ModelConfig) -> list[Rule]:
           + global_transformer_rules(('transformer',), 'transformer.', cfg.transformer, head))
 
 
-def tower_rules(tower: str, cfg: ModelConfig, torch_prefix: str = '') -> list[Rule]:
-  """A single tower's parameters (for the Stage I initialisations), at Flax path root."""
+def tower_rules(tower: str, cfg: ModelConfig | SparseSyncConfig, torch_prefix: str = '') -> list[Rule]:
+  """A single tower's parameters (the initialisations of Stage I and of SparseSync), at Flax path root."""
   if tower == 'motionformer':
     return motionformer_rules((), torch_prefix, cfg.video)
   if tower == 'ast':
     return ast_rules((), torch_prefix, cfg.audio)
-  raise ValueError(f"tower: expected 'motionformer' or 'ast', got {tower!r}")
+  if tower == 's3d':
+    return s3d_rules((), torch_prefix)
+  if tower == 'resnet_audio':
+    return resnet_rules((), torch_prefix)
+  raise ValueError(f"tower: expected one of 'motionformer', 'ast', 's3d', 'resnet_audio', got {tower!r}")
 
 
 # ---- layouts ----------------------------------------------------------------------------------------------
@@ -158,6 +262,12 @@ def to_flax(rule: Rule, tensors: list[np.ndarray], target_shape: tuple[int, ...]
     value = tensors[0].reshape(tensors[0].shape[0], -1).T
   elif layout == 'conv2d':
     value = tensors[0].transpose(2, 3, 1, 0)
+  elif layout == 'conv3d':
+    value = tensors[0].transpose(2, 3, 4, 1, 0)
+  elif layout == 'pointwise':
+    value = tensors[0].reshape(tensors[0].shape[:2]).T
+  elif layout == 'counter':
+    value = tensors[0].astype(np.int32)
   elif layout == 'rows':
     value = tensors[0]
     if value.ndim == 3 and len(target_shape) == 3 and value.shape[1] > target_shape[1]:
@@ -188,6 +298,12 @@ def to_torch(rule: Rule, value: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
     yield rule.sources[0], value.T.reshape(rule.torch_shape)
   elif layout == 'conv2d':
     yield rule.sources[0], value.transpose(3, 2, 0, 1)
+  elif layout == 'conv3d':
+    yield rule.sources[0], value.transpose(4, 3, 0, 1, 2)
+  elif layout == 'pointwise':
+    yield rule.sources[0], value.T[:, :, None, None, None]
+  elif layout == 'counter':
+    yield rule.sources[0], value.astype(np.int64)
   else:
     yield rule.sources[0], value
 

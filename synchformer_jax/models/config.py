@@ -1,8 +1,8 @@
-"""Architecture configs for the Synchformer towers and heads.
+"""Architecture configs: Synchformer's towers and heads (`ModelConfig`) and SparseSync's (`SparseSyncConfig`).
 
-Frozen dataclasses so a config can be hashed, compared and stored beside a checkpoint as JSON.
-`full` is the published architecture; `tiny` is the reduced size of the parity cases; `small`
-is a CPU-trainable size for the embedded synthetic dataset.
+Frozen dataclasses so a config can be hashed, compared and stored beside a checkpoint as JSON
+(`config_from_dict` reads either back, by its `kind`). `full` is the published architecture; `tiny` is the
+reduced size of the parity cases; `small` is a CPU-trainable size for the embedded synthetic dataset.
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import dataclasses
 from typing import Any, Literal
 
 from synchformer_jax.constants import (MEL_BINS, NUM_OFFSET_CLASSES, NUM_SYNCHABILITY_CLASSES, SEGMENT_FRAMES,
-                                       SEGMENT_MEL_FRAMES, STAGES)
+                                       SEGMENT_MEL_FRAMES, SPARSESYNC_MAX_OFFSET_SEC, STAGES, SYNCHFORMER_STAGES)
 from synchformer_jax.errors import InputError
 
-ModelKind = Literal['avclip', 'sync', 'synchability']
+ModelKind = Literal['avclip', 'sync', 'synchability', 'sparsesync']
 MODEL_KINDS = STAGES
 # Rematerialisation policies: names in `jax.checkpoint_policies` (this module imports no JAX).
 REMAT_POLICY_NAMES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
@@ -28,6 +28,16 @@ class ModelConfigError(InputError):
   def __init__(self, field: str, expected: str, value: Any):
     super().__init__(f'model config {field}: expected {expected}, got {value!r}')
     self.field, self.expected, self.value = field, expected, value
+
+
+def _check_compute_fields(cfg) -> None:
+  """The switches every model config has: compute dtype, rematerialisation policy, attention kernel."""
+  if cfg.dtype not in DTYPES:
+    raise ModelConfigError('dtype', f'one of {DTYPES}', cfg.dtype)
+  if cfg.remat_policy not in REMAT_POLICY_NAMES:
+    raise ModelConfigError('remat_policy', f'one of {REMAT_POLICY_NAMES}', cfg.remat_policy)
+  if cfg.attention_impl not in ATTENTION_IMPLS:
+    raise ModelConfigError('attention_impl', f'one of {ATTENTION_IMPLS}', cfg.attention_impl)
 
 
 def _check_fields(section: str, config) -> None:
@@ -125,14 +135,9 @@ class ModelConfig:
 
   def __post_init__(self):
     """The one validation of a model's fields; training configs reach it through `train.config.validate`."""
-    if self.kind not in MODEL_KINDS:
-      raise ModelConfigError('kind', f'one of {MODEL_KINDS}', self.kind)
-    if self.dtype not in DTYPES:
-      raise ModelConfigError('dtype', f'one of {DTYPES}', self.dtype)
-    if self.remat_policy not in REMAT_POLICY_NAMES:
-      raise ModelConfigError('remat_policy', f'one of {REMAT_POLICY_NAMES}', self.remat_policy)
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ModelConfigError('attention_impl', f'one of {ATTENTION_IMPLS}', self.attention_impl)
+    if self.kind not in SYNCHFORMER_STAGES:
+      raise ModelConfigError('kind', f'one of {SYNCHFORMER_STAGES}', self.kind)
+    _check_compute_fields(self)
     for section in ('video', 'audio', 'transformer'):
       _check_fields(section, getattr(self, section))
     if self.video.crop % self.video.patch:
@@ -164,20 +169,23 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> 'ModelConfig':
-    d = dict(d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-      raise ModelConfigError(sorted(unknown)[0], 'a field of ModelConfig', d[sorted(unknown)[0]])
-    for name, sub in (('video', VideoTowerConfig), ('audio', AudioTowerConfig),
-                      ('transformer', SyncTransformerConfig)):
-      if name in d and isinstance(d[name], dict):
-        sub_known = {f.name for f in dataclasses.fields(sub)}
-        bad = set(d[name]) - sub_known
-        if bad:
-          raise ModelConfigError(f'{name}.{sorted(bad)[0]}', f'a field of {sub.__name__}', d[name][sorted(bad)[0]])
-        d[name] = sub(**d[name])
-    return cls(**d)
+    return _from_dict(cls, d, {'video': VideoTowerConfig, 'audio': AudioTowerConfig,
+                               'transformer': SyncTransformerConfig})
+
+
+def _from_dict(cls, d: dict[str, Any], sections: dict[str, type]):
+  """A config dataclass from its `to_dict`, naming the first unknown field (of the config or a section)."""
+  d = dict(d)
+  unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+  if unknown:
+    raise ModelConfigError(sorted(unknown)[0], f'a field of {cls.__name__}', d[sorted(unknown)[0]])
+  for name, sub in sections.items():
+    if name in d and isinstance(d[name], dict):
+      bad = set(d[name]) - {f.name for f in dataclasses.fields(sub)}
+      if bad:
+        raise ModelConfigError(f'{name}.{sorted(bad)[0]}', f'a field of {sub.__name__}', d[name][sorted(bad)[0]])
+      d[name] = sub(**d[name])
+  return cls(**d)
 
 
 # Parameters of the reduced sizes, in the vocabulary of the parity cases' `size_params`.
@@ -208,7 +216,112 @@ def config_from_size_params(kind: ModelKind, size_params: dict[str, int] | None,
   return ModelConfig(kind=kind, video=video, audio=audio, transformer=transformer, **overrides)
 
 
-def config_for_size(kind: ModelKind, size: str, **overrides) -> ModelConfig:
+def config_for_size(kind: ModelKind, size: str, **overrides) -> 'ModelConfig | SparseSyncConfig':
+  if kind == 'sparsesync':
+    if size not in SPARSESYNC_SIZES:
+      raise ModelConfigError('size', f'one of {tuple(SPARSESYNC_SIZES)}', size)
+    return dataclasses.replace(SPARSESYNC_SIZES[size], **overrides)
   if size not in SIZE_PARAMS:
     raise ModelConfigError('size', f'one of {SIZES}', size)
   return config_from_size_params(kind, SIZE_PARAMS[size], **overrides)
+
+
+# ---- SparseSync ------------------------------------------------------------------------------------------------
+
+def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
+  return (n + 2 * padding - kernel) // stride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseSyncConfig:
+  """SparseSync (BMVC 2022): S3D and ResNet-18 trunks, two selector stacks and a global transformer.
+
+  The input size (`frames` × `crop`² video, `audio_freq` × `audio_frames` spectrogram) fixes the token grids
+  and so the positional tables (`visual_block_shape`, `audio_block_shape`). `transformer` holds the head's
+  width, depth, heads, MLP width, dropouts and LayerNorm eps, for the selectors and the global transformer
+  alike (its `n_segments` is Synchformer's and unused here). `s3d_width_divisor` and `resnet_width` shrink the
+  trunks for CPU-sized runs (1 and 64: the published trunks); the ResNet's output width, 8 × `resnet_width`,
+  is the head's width (the audio bridge is the identity).
+  """
+  kind: str = 'sparsesync'
+  num_classes: int = 21  # 21: offsets in ±2 s every 0.2 s; 3: -1, 0, +1 s
+  frames: int = 125  # 5 s at 25 fps
+  crop: int = 224
+  audio_freq: int = 257  # n_fft 512
+  audio_frames: int = 626  # 80,000 samples, hop 128
+  s3d_width_divisor: int = 1
+  resnet_width: int = 64
+  num_selectors: int = 16
+  transformer: SyncTransformerConfig = SyncTransformerConfig(dim=512, layers=3, heads=8, mlp_dim=2048)
+  dtype: str = 'float32'
+  remat: bool = False
+  remat_policy: str = 'nothing_saveable'
+  attention_impl: str | None = None
+
+  def __post_init__(self):
+    if self.kind != 'sparsesync':
+      raise ModelConfigError('kind', "'sparsesync'", self.kind)
+    if self.num_classes not in SPARSESYNC_MAX_OFFSET_SEC:
+      raise ModelConfigError('num_classes', f'one of {tuple(SPARSESYNC_MAX_OFFSET_SEC)}', self.num_classes)
+    _check_compute_fields(self)
+    for name in ('frames', 'crop', 'audio_freq', 'audio_frames', 's3d_width_divisor', 'resnet_width',
+                 'num_selectors'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelConfigError(name, 'a positive integer', value)
+    _check_fields('transformer', self.transformer)
+    if self.transformer.dim != 8 * self.resnet_width:
+      raise ModelConfigError('transformer.dim', f'8 × resnet_width = {8 * self.resnet_width} (the audio features '
+                             'enter the head without a bridge)', self.transformer.dim)
+    if self.transformer.dim < 3:
+      raise ModelConfigError('transformer.dim', 'at least 3 (the visual positions split it in three)',
+                             self.transformer.dim)
+    if min(self.visual_block_shape + self.audio_block_shape) < 1:
+      raise ModelConfigError('crop', 'an input large enough for the trunks to leave at least one token', self.crop)
+
+  @property
+  def max_offset_sec(self) -> float:
+    return SPARSESYNC_MAX_OFFSET_SEC[self.num_classes]
+
+  @property
+  def visual_block_shape(self) -> tuple[int, int, int]:
+    """(T, H, W) of the S3D output: its stem conv (stride 2) and four max pools."""
+    t, h = _conv_out(self.frames, 7, 2, 3), _conv_out(self.crop, 7, 2, 3)
+    for (kt, kh), (st, sh), (pt, ph) in (((1, 3), (1, 2), (0, 1)), ((1, 3), (1, 2), (0, 1)),
+                                         ((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0))):
+      t, h = _conv_out(t, kt, st, pt), _conv_out(h, kh, sh, ph)
+    return t, h, h
+
+  @property
+  def audio_block_shape(self) -> tuple[int, int]:
+    """(F, T) of the ResNet output: the stem conv and max pool (stride 2 each), then three stride-2 stages."""
+    sizes = []
+    for n in (self.audio_freq, self.audio_frames):
+      n = _conv_out(_conv_out(n, 7, 2, 3), 3, 2, 1)
+      for _ in range(3):
+        n = _conv_out(n, 3, 2, 1)
+      sizes.append(n)
+    return sizes[0], sizes[1]
+
+  def replace(self, **changes) -> 'SparseSyncConfig':
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> 'SparseSyncConfig':
+    return _from_dict(cls, d, {'transformer': SyncTransformerConfig})
+
+
+SPARSESYNC_SIZES = {
+    'full': SparseSyncConfig(),
+    # A CPU-trainable SparseSync: trunks an eighth as wide, 64-px frames, a 64-wide one-layer head.
+    'tiny': SparseSyncConfig(crop=64, s3d_width_divisor=8, resnet_width=8,
+                             transformer=SyncTransformerConfig(dim=64, layers=1, heads=4, mlp_dim=256)),
+}
+
+
+def config_from_dict(d: dict[str, Any]) -> 'ModelConfig | SparseSyncConfig':
+  """A stored model config (`to_dict` of either class), by its `kind`."""
+  return (SparseSyncConfig if d.get('kind') == 'sparsesync' else ModelConfig).from_dict(d)

@@ -48,8 +48,8 @@ class Buffer(nnx.Variable):
 
 
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, dtype, rngs: nnx.Rngs,
-          kernel_init: Initializer = trunc_normal_02) -> nnx.Linear:
-  return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
+          kernel_init: Initializer = trunc_normal_02, use_bias: bool = True) -> nnx.Linear:
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=nnx.with_partitioning(kernel_init, axes),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)), rngs=rngs)
 

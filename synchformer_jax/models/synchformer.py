@@ -41,15 +41,17 @@ def audio_tower(cfg: ModelConfig, rngs: nnx.Rngs) -> AST:
 class GlobalTransformer(nnx.Module):
   """minGPT-style encoder (no causal mask) over the concatenated segment tokens."""
 
-  def __init__(self, cfg: SyncTransformerConfig, num_positions: int, num_classes: int, head_name: str, *,
-               remat: str | None, attention_impl: str | None, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: SyncTransformerConfig, num_positions: int | None, num_classes: int, head_name: str, *,
+               remat: str | None, attention_impl: str | None, dtype, rngs: nnx.Rngs, head_bias: bool = True):
+    """`num_positions` None: no positional table (SparseSync's global transformer has none); `head_bias`
+    False: a bias-free head (SparseSync's)."""
     self.remat = remat
     self.head_name = head_name
     self.vis_in_lnorm = layer_norm(cfg.dim, cfg.eps, rngs=rngs)
     self.aud_in_lnorm = layer_norm(cfg.dim, cfg.eps, rngs=rngs)
     self.OFF_tok = token((1, 1, cfg.dim), standard_normal, rngs)
     self.MOD_tok = token((1, 1, cfg.dim), standard_normal, rngs)
-    self.pos_emb = token((1, num_positions, cfg.dim), standard_normal, rngs)
+    self.pos_emb = None if num_positions is None else token((1, num_positions, cfg.dim), standard_normal, rngs)
     self.embd_dropout = nnx.Dropout(cfg.embd_dropout, rngs=rngs)
     self.blocks = nnx.List([PreNormBlock(cfg.dim, cfg.heads, cfg.mlp_dim, eps=cfg.eps, attn_dropout=cfg.attn_dropout,
                                          resid_dropout=cfg.resid_dropout, attention_impl=attention_impl,
@@ -58,7 +60,7 @@ class GlobalTransformer(nnx.Module):
     self.ln_f = layer_norm(cfg.dim, cfg.eps, rngs=rngs)
     # Named as the original (`off_head` / `sync_head`) so the checkpoint tells which task it was trained on.
     setattr(self, head_name, dense(cfg.dim, num_classes, ('embed', None), dtype=dtype, rngs=rngs,
-                                   kernel_init=normal_02))
+                                   kernel_init=normal_02, use_bias=head_bias))
     # Opt-in (diagnostics): sow the OFF token's final feature (what the head reads) as `nnx.Intermediate`
     # 'off_feature'. A Python flag read when tracing, like the attention's `sow_attention`.
     self.sow_off_feature = False
@@ -67,13 +69,15 @@ class GlobalTransformer(nnx.Module):
     """(B, Lv, D), (B, La, D) → logits (B, classes)."""
     b, dim = vis.shape[0], vis.shape[-1]
     n_tokens = vis.shape[1] + aud.shape[1] + 2
-    if n_tokens != self.pos_emb[...].shape[1]:
+    if self.pos_emb is not None and n_tokens != self.pos_emb[...].shape[1]:
       raise ValueError(f'GlobalTransformer: {n_tokens} tokens but the positional table has '
                        f'{self.pos_emb[...].shape[1]} rows (check the number of segments)')
     vis = self.vis_in_lnorm(vis).astype(vis.dtype)
     aud = self.aud_in_lnorm(aud).astype(vis.dtype)
     off, mod = (jnp.broadcast_to(t[...], (b, 1, dim)).astype(vis.dtype) for t in (self.OFF_tok, self.MOD_tok))
-    x = jnp.concatenate([off, vis, mod, aud], axis=1) + self.pos_emb[...].astype(vis.dtype)
+    x = jnp.concatenate([off, vis, mod, aud], axis=1)
+    if self.pos_emb is not None:
+      x = x + self.pos_emb[...].astype(vis.dtype)
     x = run_blocks(self.blocks, self.embd_dropout(x), self.remat)
     cls = self.ln_f(x[:, 0])
     if self.sow_off_feature:
