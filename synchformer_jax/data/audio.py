@@ -28,13 +28,16 @@ AST_MEAN = -4.2677393
 AST_STD = 4.5689974
 
 
+def periodic_hann(length: int) -> np.ndarray:
+  """torch.hann_window(length) (periodic): 0.5 - 0.5 cos(2 pi n / length), float64."""
+  return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
+
+
 @functools.cache
 def stft_window() -> np.ndarray:
   """torch.hann_window(400) (periodic), centred in n_fft as torch.stft pads it: 312 zeros each side."""
-  n = np.arange(WIN_LENGTH)
-  hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / WIN_LENGTH)
   left = (N_FFT - WIN_LENGTH) // 2
-  return np.pad(hann, (left, N_FFT - WIN_LENGTH - left))
+  return np.pad(periodic_hann(WIN_LENGTH), (left, N_FFT - WIN_LENGTH - left))
 
 
 @functools.cache
@@ -50,13 +53,20 @@ def mel_filterbank() -> np.ndarray:
   return np.maximum(0.0, np.minimum(down, up))
 
 
+def centred_power_stft(waveform: np.ndarray, window: np.ndarray, hop_length: int) -> np.ndarray:
+  """torch.stft(center=True, reflect padding) power: |rfft|^2 of (..., N) samples with an n_fft = len(window)
+  window -> (..., 1 + N // hop_length, n_fft // 2 + 1) (time-major), float64."""
+  n_fft = len(window)
+  pad = [(0, 0)] * (waveform.ndim - 1) + [(n_fft // 2, n_fft // 2)]
+  padded = np.pad(np.asarray(waveform, np.float64), pad, mode='reflect')
+  frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::hop_length, :]
+  spec = np.fft.rfft(frames * window, axis=-1)
+  return spec.real**2 + spec.imag**2
+
+
 def power_spectrogram(waveform: np.ndarray) -> np.ndarray:
   """|STFT|^2 of (..., N) samples -> (..., 1 + N // 160, 513) (time-major), float64."""
-  pad = [(0, 0)] * (waveform.ndim - 1) + [(N_FFT // 2, N_FFT // 2)]
-  padded = np.pad(np.asarray(waveform, np.float64), pad, mode='reflect')
-  frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[..., ::HOP_LENGTH, :]
-  spec = np.fft.rfft(frames * stft_window(), axis=-1)
-  return spec.real**2 + spec.imag**2
+  return centred_power_stft(waveform, stft_window(), HOP_LENGTH)
 
 
 def log_mel_spectrogram(waveform: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -130,10 +130,10 @@ def equalify_lengths(n_frames: int, n_samples: int, max_sec: float = CLIP_MAX_SE
   return v_len, SAMPLES_PER_FRAME * v_len
 
 
-def quantise_offset(offset_sec: float) -> tuple[np.float32, int]:
-  """Nearest grid class, argmin in float32 as the original: (grid value, class index)."""
-  index = int(np.argmin(np.abs(OFFSET_GRID - np.float32(offset_sec))))
-  return OFFSET_GRID[index], index
+def quantise_offset(offset_sec: float, grid: np.ndarray = OFFSET_GRID) -> tuple[np.float32, int]:
+  """Nearest class of a float32 grid, argmin in float32 as the original: (grid value, class index)."""
+  index = int(np.argmin(np.abs(grid - np.float32(offset_sec))))
+  return grid[index], index
 
 
 def center_crop_box(height: int, width: int, size: int = CROP_SIZE) -> tuple[int, int]:
@@ -145,6 +145,13 @@ def _random_crop_box(rng: np.random.Generator, height: int, width: int, upscale_
   """RGBSpatialCropSometimesUpscale, random: a 192 crop (later resized to 224) with prob. p, else 224."""
   size = UPSCALE_FROM_SIZE if rng.random() < upscale_p else CROP_SIZE
   return int(rng.integers(0, height - size, endpoint=True)), int(rng.integers(0, width - size, endpoint=True)), size
+
+
+def _crop_box(info: MediaInfo, rng: np.random.Generator | None, upscale_p: float) -> tuple[int, int, int]:
+  """(top, left, size) of the spatial crop: random with ``rng`` (training), else the centre 224 crop."""
+  if rng is not None:
+    return _random_crop_box(rng, info.height, info.width, upscale_p)
+  return (*center_crop_box(info.height, info.width), CROP_SIZE)
 
 
 def _draw_offset(rng: np.random.Generator, offset_type: str, prob_oos: float | None) -> tuple[float, dict]:
@@ -175,8 +182,8 @@ def _segment_span(n_segments: int, step_seg: float) -> float:
   return n_segments * step_seg + (1 - step_seg)
 
 
-def _offset_targets(offset_sec: float, v_start_i_sec: float) -> dict[str, Any]:
-  label, index = quantise_offset(offset_sec)
+def _offset_targets(offset_sec: float, v_start_i_sec: float, grid: np.ndarray = OFFSET_GRID) -> dict[str, Any]:
+  label, index = quantise_offset(offset_sec, grid)
   return {
     'offset_sec': np.float32(offset_sec),
     'v_start_i_sec': np.float32(v_start_i_sec),
@@ -199,6 +206,26 @@ def _random_crop_start(
   v_start_i = int(rng.uniform(lo, hi) * VIDEO_FPS)
   v_start_i_sec = v_start_i / VIDEO_FPS
   return v_start_i, v_start_i_sec, int((v_start_i_sec + offset) * AUDIO_RATE)
+
+
+def _fixed_crop_start(offset_sec: float, vstart_sec: float | None) -> tuple[float, int, float, int]:
+  """The fixed-offset branch: (rounded offset, video start frame, v_start_i_sec, audio start sample).
+
+  float64 truncation, and the audio start from the unsnapped ``vstart_sec`` (default 0), as the original.
+  """
+  offset = round(float(offset_sec), 2)
+  v_start_i_sec = 0.0 if vstart_sec is None else float(vstart_sec)
+  return offset, int(v_start_i_sec * VIDEO_FPS), v_start_i_sec, int((v_start_i_sec + offset) * AUDIO_RATE)
+
+
+def _check_crop_fits(name: str, v_start: int, crop_frames: int, v_len: int, a_start: int, crop_samples: int,
+                     a_len: int) -> None:
+  """DecodeError naming the clip when the crop's frames or samples run past the equalified lengths."""
+  if v_start + crop_frames > v_len or a_start + crop_samples > a_len:
+    raise DecodeError(
+      f'{name}: too short: the crop needs frames [{v_start}, {v_start + crop_frames}) and samples '
+      f'[{a_start}, {a_start + crop_samples}) of the first {v_len / VIDEO_FPS:.2f} s'
+    )
 
 
 def _fix_negative_start(name: str, a_start: int) -> int:
@@ -246,10 +273,7 @@ def _temporal_crop(
   if offset_sec is not None:  # Branch B: fixed offset (CSV / example.py); audio start from the CSV vstart
     if stage.temporal_crop == 'syncability':
       raise ValueError("the synchronizability crop has no fixed-offset branch (the original's would fail)")
-    offset = round(float(offset_sec), 2)
-    v_start_i_sec = 0.0 if vstart_sec is None else float(vstart_sec)
-    v_start_i = int(v_start_i_sec * VIDEO_FPS)
-    a_start = int((v_start_i_sec + offset) * AUDIO_RATE)
+    offset, v_start_i, v_start_i_sec, a_start = _fixed_crop_start(offset_sec, vstart_sec)
   else:
     if rng is None:
       raise ValueError('a random offset needs rng (or pass offset_sec)')
@@ -263,11 +287,7 @@ def _temporal_crop(
   a_start = _fix_negative_start(info.name, a_start)
   if train:
     a_start = _wiggle(rng, a_start, a_len, crop_samples)
-  if v_start_i + crop_frames > v_len or a_start + crop_samples > a_len:
-    raise DecodeError(
-      f'{info.name}: too short: the crop needs frames [{v_start_i}, {v_start_i + crop_frames}) and samples '
-      f'[{a_start}, {a_start + crop_samples}) of the first {v_len / VIDEO_FPS:.2f} s'
-    )
+  _check_crop_fits(info.name, v_start_i, crop_frames, v_len, a_start, crop_samples, a_len)
   return v_start_i, a_start, crop_frames, crop_samples, _offset_targets(offset, v_start_i_sec) | extra
 
 
@@ -316,10 +336,7 @@ def plan_clip(
   if train and rng is None:
     raise ValueError('training needs rng')
   v_len, a_len = equalify_lengths(info.n_frames, info.n_samples)
-  if train:
-    top, left, size = _random_crop_box(rng, info.height, info.width, stage.upscale_p)
-  else:
-    (top, left), size = center_crop_box(info.height, info.width), CROP_SIZE
+  top, left, size = _crop_box(info, rng if train else None, stage.upscale_p)
   v_start, a_start, crop_frames, crop_samples, targets = _temporal_crop(
     info, stage, v_len, a_len, train=train, rng=rng, offset_sec=offset_sec, vstart_sec=vstart_sec,
     offset_type=offset_type, prob_oos=prob_oos,
@@ -426,7 +443,15 @@ def color_jitter(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return frames
 
 
-def augment_frames(frames: np.ndarray, rng: np.random.Generator, stage: Stage) -> np.ndarray:
+class FrameAugmentation(Protocol):
+  """The probabilities `augment_frames` reads: a Synchformer `Stage`, or SparseSync's pipeline."""
+
+  color_jitter_p: float
+  grayscale_p: float
+  flip_p: float
+
+
+def augment_frames(frames: np.ndarray, rng: np.random.Generator, stage: FrameAugmentation) -> np.ndarray:
   """RandomApplyColorDistortion (jitter, then grayscale) and RandomHorizontalFlip, one draw for all frames."""
   if rng.random() < stage.color_jitter_p:
     frames = color_jitter(frames, rng)

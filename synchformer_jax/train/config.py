@@ -1,11 +1,13 @@
-"""Training config defaults shared by `configs/{avclip,sync,synchability}.py`, and their validation.
+"""Training config defaults shared by `configs/{avclip,sync,synchability,sparsesync}.py`, and their validation.
 
 Every field is checked before any work starts; an invalid value raises `ConfigError` naming the field.
 The model block names a size (`model.size`) and can override any architecture field of it
 (`--config.model.transformer.layers=2`); `model.towers` sets width, depth, heads and MLP ratio of both towers at
 once (a model family for scaling sweeps: `--config.model.towers.dim=96 --config.model.towers.depth=3`), and a
-field set in `model.video` or `model.audio` wins over it. `model_config` builds the `ModelConfig`, whose own
-checks are the one validation of the architecture.
+field set in `model.video` or `model.audio` wins over it. SparseSync's model block instead has its head
+(`model.transformer`) and the fields of `SparseSyncConfig` it may override (`model.num_classes`, the trunks'
+widths, the crop, the selector count). `model_config` builds the model config, whose own checks are the one
+validation of the architecture.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from ml_collections import ConfigDict, config_dict
 
 from synchformer_jax.constants import OFFSET_TYPES, STAGES
 from synchformer_jax.errors import InputError
-from synchformer_jax.models.config import (AudioTowerConfig, ModelConfig, ModelConfigError, SyncTransformerConfig,
-                                           VideoTowerConfig, config_for_size)
+from synchformer_jax.models.config import (AudioTowerConfig, ModelConfig, ModelConfigError, SparseSyncConfig,
+                                           SyncTransformerConfig, VideoTowerConfig, config_for_size)
 from synchformer_jax.sharding import BATCH_AXES, MESH_AXES
 from synchformer_jax.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -49,18 +51,25 @@ def base_config(stage: str) -> ConfigDict:
 
   c.model = ConfigDict()
   c.model.size = 'tiny'  # the architecture (models.config.SIZES); the sections below override its fields
-  # Both towers at once (None keeps the size's value); mlp_ratio sets mlp_dim = ratio × dim.
-  c.model.towers = ConfigDict({'dim': config_dict.placeholder(int), 'depth': config_dict.placeholder(int),
-                               'heads': config_dict.placeholder(int), 'mlp_ratio': config_dict.placeholder(int)})
-  for section, fields in ARCHITECTURE_SECTIONS.items():
-    c.model[section] = _architecture_overrides(fields)
+  if stage == 'sparsesync':
+    c.model.transformer = _architecture_overrides(SyncTransformerConfig)
+    c.model.update({name: config_dict.placeholder(int) for name in SPARSESYNC_FIELDS})
+  else:
+    # Both towers at once (None keeps the size's value); mlp_ratio sets mlp_dim = ratio × dim.
+    c.model.towers = ConfigDict({'dim': config_dict.placeholder(int), 'depth': config_dict.placeholder(int),
+                                 'heads': config_dict.placeholder(int), 'mlp_ratio': config_dict.placeholder(int)})
+    for section, fields in ARCHITECTURE_SECTIONS.items():
+      c.model[section] = _architecture_overrides(fields)
   c.model.dtype = 'float32'
   c.model.remat = False
   c.model.remat_policy = 'nothing_saveable'  # what a rematerialised block keeps (models.config.REMAT_POLICY_NAMES)
   c.model.attention_impl = ''  # '' lets JAX choose; 'cudnn' for the fused kernel on NVIDIA GPUs
   # Model directory to start from: Stage II takes a Stage I (or converted) model for its towers,
-  # the synchronizability fine-tune a Stage II model.
+  # the synchronizability fine-tune a Stage II model, a SparseSync fine-tune a SparseSync model.
   c.model.init = ''
+  if stage == 'sparsesync':  # converted trunk checkpoints (targets 's3d', 'resnet_audio'), BatchNorm statistics too
+    c.model.init_s3d = ''
+    c.model.init_resnet = ''
 
   c.data = ConfigDict()
   c.data.name = 'synthetic_sync'
@@ -72,6 +81,8 @@ def base_config(stage: str) -> ConfigDict:
   c.data.eval_max_clips = 64
   c.data.offset_type = 'grid'
   c.data.prob_oos = 0.5
+  if stage == 'sparsesync':
+    c.data.augmentation = 'default'  # one of SPARSESYNC_AUGMENTATIONS: configs/sparse_sync.yaml's, or the fine-tune's
   c.data.original_decoder = False
   # Stage II / III: > 0 runs the frozen towers once, over this many windows per training clip (no random
   # augmentation), and trains on the stored features (train/features.py); 0 runs them on every step.
@@ -102,12 +113,21 @@ def base_config(stage: str) -> ConfigDict:
 
 
 TOWER_SECTIONS = ('video', 'audio')
+# The SparseSyncConfig fields a training config may override (None keeps the size's value).
+SPARSESYNC_FIELDS = ('num_classes', 'crop', 's3d_width_divisor', 'resnet_width', 'num_selectors')
+SPARSESYNC_AUGMENTATIONS = ('default', 'finetune')
 
 
-def model_config(c: ConfigDict) -> ModelConfig:
+def model_config(c: ConfigDict) -> ModelConfig | SparseSyncConfig:
   """The architecture a training config describes: its size's, with the fields it overrides (a section's own
   fields over `model.towers`; `model.towers.mlp_ratio` times a tower's resulting dim, unless it sets mlp_dim)."""
   base = config_for_size(c.stage, c.model.size)
+  compute = dict(dtype=c.model.dtype, remat=c.model.remat, remat_policy=c.model.remat_policy,
+                 attention_impl=c.model.attention_impl or None)
+  if c.stage == 'sparsesync':
+    head = dataclasses.replace(base.transformer, **{k: v for k, v in c.model.transformer.items() if v is not None})
+    fields = {k: c.model[k] for k in SPARSESYNC_FIELDS if c.model[k] is not None}
+    return base.replace(**fields, transformer=head, **compute)
   towers = {k: v for k, v in c.model.towers.items() if v is not None and k != 'mlp_ratio'}
   sections = {}
   for name in ARCHITECTURE_SECTIONS:
@@ -116,8 +136,7 @@ def model_config(c: ConfigDict) -> ModelConfig:
     if name in TOWER_SECTIONS and c.model.towers.mlp_ratio is not None and 'mlp_dim' not in own:
       section = dataclasses.replace(section, mlp_dim=c.model.towers.mlp_ratio * section.dim)
     sections[name] = section
-  return base.replace(**sections, dtype=c.model.dtype, remat=c.model.remat, remat_policy=c.model.remat_policy,
-                      attention_impl=c.model.attention_impl or None)
+  return base.replace(**sections, **compute)
 
 
 def _check(condition: bool, field: str, expected: str, value) -> None:
@@ -131,15 +150,25 @@ def validate(c: ConfigDict, num_devices: int) -> None:
   for field in ('total_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _check(isinstance(c[field], int) and c[field] > 0, field, 'a positive integer', c[field])
   _check(isinstance(c.seed, int) and c.seed >= 0, 'seed', 'a non-negative integer', c.seed)
-  for name, value in c.model.towers.items():
+  for name, value in c.model.get('towers', {}).items():
     _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
            f'model.towers.{name}', 'a positive integer (or None: the size\'s value)', value)
   try:
     model_config(c)
   except ModelConfigError as e:
     raise ConfigError(f'config.model.{e.field}: expected {e.expected}, got {e.value!r}') from None
-  _check(c.stage == 'avclip' or bool(c.model.init) or c.model.size != 'full', 'model.init',
-         'a model directory for a full-size Stage II / III run (its frozen towers)', c.model.init)
+  if c.stage == 'sparsesync':
+    _check(bool(c.model.init) or (bool(c.model.init_s3d) and bool(c.model.init_resnet)) or c.model.size != 'full',
+           'model.init', 'a SparseSync model directory, or both model.init_s3d and model.init_resnet, for a '
+           'full-size SparseSync run (the original starts from pretrained trunks)', c.model.init)
+    _check(c.data.augmentation in SPARSESYNC_AUGMENTATIONS, 'data.augmentation',
+           f'one of {SPARSESYNC_AUGMENTATIONS}', c.data.augmentation)
+    _check(c.data.precomputed_windows == 0, 'data.precomputed_windows',
+           '0 (SparseSync trains its trunks end to end: there are no frozen features to precompute)',
+           c.data.precomputed_windows)
+  else:
+    _check(c.stage == 'avclip' or bool(c.model.init) or c.model.size != 'full', 'model.init',
+           'a model directory for a full-size Stage II / III run (its frozen towers)', c.model.init)
   _check(c.data.offset_type in OFFSET_TYPES, 'data.offset_type', f'one of {OFFSET_TYPES}', c.data.offset_type)
   _check(0.0 <= c.data.prob_oos <= 1.0, 'data.prob_oos', 'a probability', c.data.prob_oos)
   _check(0.0 <= c.data.max_failure_rate < 1.0, 'data.max_failure_rate', 'a rate in [0, 1)', c.data.max_failure_rate)

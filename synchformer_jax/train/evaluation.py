@@ -16,7 +16,7 @@ from synchformer_jax.models.config import ModelConfig
 from synchformer_jax.train import input_pipeline
 
 # The metric that picks the best checkpoint (maximised), as in the original.
-BEST_METRIC = {'avclip': 'precision', 'sync': 'accuracy_1', 'synchability': 'accuracy'}
+BEST_METRIC = {'avclip': 'precision', 'sync': 'accuracy_1', 'synchability': 'accuracy', 'sparsesync': 'accuracy_1'}
 
 
 def collect_outputs(config: ConfigDict, cfg: ModelConfig, steps, state, source, mesh) -> dict[str, np.ndarray]:
@@ -43,7 +43,7 @@ def stage_metrics(stage: str, outputs: dict[str, np.ndarray]) -> dict[str, float
     return {**metrics.shifted_window_precision(vfeat, afeat), **metrics.segment_retrieval(vfeat, afeat),
             **metrics.segment_contrastive_loss(vfeat, afeat, float(outputs['temperature'].flat[0]))}
   logits, targets = outputs['logits'], outputs[TARGET_KEY[stage]]
-  per_stage = metrics.offset_metrics if stage == 'sync' else metrics.synchronizability_metrics
+  per_stage = metrics.synchronizability_metrics if stage == 'synchability' else metrics.offset_metrics
   return {**per_stage(logits, targets), 'loss': metrics.cross_entropy(logits, targets)}
 
 

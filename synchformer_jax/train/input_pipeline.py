@@ -17,17 +17,40 @@ from flax import serialization
 from ml_collections import ConfigDict
 
 from synchformer_jax.constants import TARGET_KEYS
-from synchformer_jax.data import builders, loader, transforms
-from synchformer_jax.models.config import ModelConfig
+from synchformer_jax.data import builders, loader, sparsesync, transforms
+from synchformer_jax.models.config import ModelConfig, SparseSyncConfig
 
 log = logging.getLogger(__name__)
 
 STAGE_TRANSFORMS = {stage.name: stage for stage in (transforms.STAGE_I, transforms.STAGE_II, transforms.STAGE_III)}
+SPARSESYNC_AUGMENTATION = {'default': sparsesync.SPARSESYNC, 'finetune': sparsesync.SPARSESYNC_FINETUNE}
 
 
 def stage_transforms(config: ConfigDict, cfg: ModelConfig) -> transforms.Stage:
   """The stage's data pipeline, producing frames of the model's input size."""
   return dataclasses.replace(STAGE_TRANSFORMS[config.stage], output_size=cfg.video.crop)
+
+
+def sparsesync_pipeline(config: ConfigDict, cfg: SparseSyncConfig) -> sparsesync.SparseSyncPipeline:
+  """SparseSync's data pipeline for this model: its offset grid and frame size, the config's augmentation."""
+  return dataclasses.replace(SPARSESYNC_AUGMENTATION[config.data.augmentation], max_off_sec=cfg.max_offset_sec,
+                             num_offset_classes=cfg.num_classes, output_size=cfg.crop)
+
+
+def _train_example(config: ConfigDict, cfg) -> loader.ExampleFn:
+  if config.stage == 'sparsesync':
+    return sparsesync.SparseSyncTrainExample(sparsesync_pipeline(config, cfg),
+                                             original_decoder=config.data.original_decoder)
+  return loader.TrainExample(stage_transforms(config, cfg), offset_type=config.data.offset_type,
+                             prob_oos=config.data.prob_oos, original_decoder=config.data.original_decoder)
+
+
+def _eval_example(config: ConfigDict, cfg, fixed_offsets: bool) -> loader.ExampleFn:
+  if config.stage == 'sparsesync':
+    return sparsesync.SparseSyncEvalExample(sparsesync_pipeline(config, cfg), fixed_offsets=fixed_offsets,
+                                            original_decoder=config.data.original_decoder)
+  return loader.EvalExample(stage_transforms(config, cfg), fixed_offsets=fixed_offsets,
+                            original_decoder=config.data.original_decoder)
 
 
 def _model_inputs(example: Mapping[str, Any], stage_name: str) -> dict[str, np.ndarray]:
@@ -86,7 +109,7 @@ def decode_feature_record(data: bytes, rng=None) -> dict[str, np.ndarray]:
 
 def uses_features(config: ConfigDict) -> bool:
   """Whether Stage II / III trains on precomputed tower features (see `train.features`)."""
-  return config.stage != 'avclip' and config.data.precomputed_windows > 0
+  return config.stage in ('sync', 'synchability') and config.data.precomputed_windows > 0
 
 
 def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.FailureAccountingIterator:
@@ -94,8 +117,7 @@ def train_batches(config: ConfigDict, cfg: ModelConfig, source) -> loader.Failur
   if uses_features(config):
     example = decode_feature_record
   else:
-    step = loader.TrainExample(stage_transforms(config, cfg), offset_type=config.data.offset_type,
-                               prob_oos=config.data.prob_oos, original_decoder=config.data.original_decoder)
+    step = _train_example(config, cfg)
     example = lambda record, rng: _model_inputs(step(record, rng), config.stage)
   dataset = loader.train_dataset([loader.Component(source, example)], batch_size=local_batch_size(config),
                                  seed=config.seed, shard=process_shard(), options=_pipeline_options(config))
@@ -121,8 +143,7 @@ def _eval_pass(config: ConfigDict, source, example):
 
 def _clip_windows(config: ConfigDict, cfg: ModelConfig, source, fixed_offsets: bool):
   """Test-time windows of the clips in `source` (no augmentation), as padded eval batches."""
-  step = loader.EvalExample(stage_transforms(config, cfg), fixed_offsets=fixed_offsets,
-                            original_decoder=config.data.original_decoder)
+  step = _eval_example(config, cfg, fixed_offsets)
   return _eval_pass(config, source, lambda record, rng: _model_inputs(step(record, rng), config.stage))
 
 

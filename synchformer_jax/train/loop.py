@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from synchformer_jax import checkpointing, pretrained, sharding
+from synchformer_jax.models import SPARSESYNC_TOWERS, Buffer, target_of
 from synchformer_jax.models.config import ModelConfig
 from synchformer_jax.train import evaluation, features, input_pipeline, mfu, trainer
 from synchformer_jax.train.config import model_config, validate
@@ -104,35 +105,50 @@ def _is_lead_process() -> bool:
   return jax.process_index() == 0
 
 
+def _init_sources(config: ConfigDict) -> list[tuple[str, str, str | None]]:
+  """(config field, model directory, the prefix its variables take in the new model) of each initialisation."""
+  sources = [('model.init', config.model.init, None)]
+  if config.stage == 'sparsesync':  # the trunks' converted checkpoints, each a tower alone
+    sources += [('model.init_s3d', config.model.init_s3d, 'vfeat_extractor'),
+                ('model.init_resnet', config.model.init_resnet, 'afeat_extractor')]
+  return [source for source in sources if source[1]]
+
+
 def _initialiser(config: ConfigDict, cfg: ModelConfig):
-  """Copies the parameters of `config.model.init` that the new model shares (the towers, or all of Stage II)."""
-  if not config.model.init:
+  """Copies the variables of the initialisation directories that the new model shares (the towers, or all of
+  Stage II; SparseSync's trunks with their BatchNorm statistics)."""
+  sources = _init_sources(config)
+  if not sources:
     return None
-  source = pretrained.load(config.model.init)
-  source_kind = getattr(getattr(source, 'cfg', None), 'kind', None)
   renames = {('avclip', 'sync'): {'v_encoder': 'vfeat_extractor', 'a_encoder': 'afeat_extractor'},
              ('avclip', 'synchability'): {'v_encoder': 'vfeat_extractor', 'a_encoder': 'afeat_extractor'}}
-  rename = renames.get((source_kind, cfg.kind), {})
-  source_params = {}
-  for path, var in nnx.to_flat_state(nnx.state(source, nnx.Param)):
-    path = (rename.get(path[0], path[0]),) + tuple(path[1:])
-    source_params[path] = var.get_value()
+  source_values = {}
+  for field, directory, prefix in sources:
+    source = pretrained.load(directory)
+    if prefix is not None and target_of(source) not in SPARSESYNC_TOWERS:
+      raise ValueError(f'config.{field}: {directory} holds a {target_of(source)!r} model, expected a converted '
+                       f'SparseSync trunk ({" or ".join(SPARSESYNC_TOWERS)})')
+    rename = renames.get((getattr(getattr(source, 'cfg', None), 'kind', None), cfg.kind), {})
+    for path, var in nnx.to_flat_state(nnx.state(source, (nnx.Param, Buffer))):
+      path = (prefix, *path) if prefix else (rename.get(path[0], path[0]),) + tuple(path[1:])
+      source_values[path] = (field, directory, var.get_value())
 
   def init_params(model):
     copied = 0
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-      value = source_params.get(tuple(path))
+    for path, var in nnx.to_flat_state(nnx.state(model, (nnx.Param, Buffer))):
+      field, directory, value = source_values.get(tuple(path), (None, None, None))
       if value is None:
         continue
       if path[-1] == 'pos_emb' and value.shape[1] > var.shape[1]:
         value = value[:, :var.shape[1]]  # Stage II → synchronizability: keep the leading rows, as the original
       if value.shape != var.shape:
-        raise ValueError(f'model.init: {".".join(map(str, path))} has shape {value.shape} in {config.model.init}, '
+        raise ValueError(f'config.{field}: {".".join(map(str, path))} has shape {value.shape} in {directory}, '
                          f'the model needs {var.shape}')
       var.set_value(value)
       copied += 1
     if copied == 0:
-      raise ValueError(f'model.init: {config.model.init} shares no parameter with a {cfg.kind} model')
+      fields = ', '.join(f'{f} ({d})' for f, d, _ in sources)
+      raise ValueError(f'{fields}: shares no parameter with a {cfg.kind} model')
   return init_params
 
 

@@ -3,7 +3,9 @@
 The state is the NNX pair (model, optimizer), split into a graph definition and a pytree of arrays
 that jit takes with explicit shardings and donates. Stage I trains both towers with the segment
 contrastive loss; Stage II / III keep the towers frozen and in eval mode (their features are computed
-under `stop_gradient`, or precomputed) and train the projections, transformer and head.
+under `stop_gradient`, or precomputed) and train the projections, transformer and head. SparseSync trains
+end to end with every BatchNorm in train mode, as the original does: batch statistics over the global batch,
+and the running statistics, part of the state, updated by every step.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from synchformer_jax import sharding
 from synchformer_jax.constants import TARGET_KEY
 from synchformer_jax.models import Buffer, build_model, classification_loss
-from synchformer_jax.models.config import ModelConfig
+from synchformer_jax.models.config import ModelConfig, SparseSyncConfig
 from synchformer_jax.train.optim import make_optimizer
 
 FROZEN_TOWERS = ('vfeat_extractor', 'afeat_extractor')
@@ -28,7 +30,7 @@ FROZEN_TOWERS = ('vfeat_extractor', 'afeat_extractor')
 
 def trainable(kind: str):
   """The parameters a stage trains (an NNX filter)."""
-  if kind == 'avclip':
+  if kind in ('avclip', 'sparsesync'):
     return nnx.Param
   return nnx.All(nnx.Param, nnx.Not(nnx.Any(*(nnx.PathContains(t) for t in FROZEN_TOWERS))))
 
@@ -36,7 +38,7 @@ def trainable(kind: str):
 @dataclasses.dataclass
 class Trainer:
   """Holds the graph definition, the shardings and the compiled steps; the state itself is a pytree."""
-  model_cfg: ModelConfig
+  model_cfg: ModelConfig | SparseSyncConfig
   mesh: Mesh
   graphdef: Any
   state_shardings: Any
@@ -49,12 +51,14 @@ class Trainer:
 
 def _set_modes(model: nnx.Module, kind: str) -> None:
   model.train()
-  if kind != 'avclip':  # the original keeps the frozen towers in eval mode while training Stage II
+  if kind in ('sync', 'synchability'):  # the original keeps the frozen towers in eval mode while training Stage II
     for tower in FROZEN_TOWERS:
       getattr(model, tower).eval()
 
 
-def _stage2_logits(model, batch) -> jax.Array:
+def _classifier_logits(model, batch, kind: str) -> jax.Array:
+  if kind == 'sparsesync':
+    return model(batch['video'], batch['audio'])[0]
   if 'vfeat' in batch:  # features precomputed once by the frozen towers
     vfeat, afeat = batch['vfeat'], batch['afeat']
   else:
@@ -66,7 +70,7 @@ def loss_and_metrics(model: nnx.Module, batch: dict[str, jax.Array], kind: str) 
   if kind == 'avclip':
     loss, aux = model(batch['video'], batch['audio'])
     return loss, {'logit_scale': aux['logit_scale']}
-  logits = _stage2_logits(model, batch)
+  logits = _classifier_logits(model, batch, kind)
   targets = batch[TARGET_KEY[kind]]
   loss = classification_loss(logits, targets)
   return loss, {'accuracy': jnp.mean(jnp.argmax(logits, -1) == targets)}
@@ -177,7 +181,7 @@ def make_trainer(model_cfg: ModelConfig, mesh: Mesh, graphdef, state_shardings, 
         # The temperature per segment row, so that it is gathered and un-padded like the embeddings.
         temperature = jnp.broadcast_to(model.logit_scale[...], vfeat.shape[:1])
         return {'segment_vfeat': vfeat, 'segment_afeat': afeat, 'temperature': temperature}
-      return {'logits': _stage2_logits(model, batch)}
+      return {'logits': _classifier_logits(model, batch, kind)}
 
   return Trainer(
       model_cfg, mesh, graphdef, state_shardings,
