@@ -23,10 +23,10 @@ RECIPES = {'lrs3': 'lrs3_h264', 'vggsound_sparse': 'vggsound_sparse'}
 
 def get_config(arg: str = ''):
   c = base_config('sparsesync')
-  c.total_steps = 300
+  c.total_steps = 150
   c.batch_size = 4
-  c.eval_every = 100
-  c.checkpoint_every = 100
+  c.eval_every = 75
+  c.checkpoint_every = 75
   c.data.eval_max_clips = 32
   c.optim.update(name='adam', schedule='constant_with_warmup', learning_rate=3e-4, warmup_steps=30, eps=1e-7)
   if not arg:

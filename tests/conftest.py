@@ -103,3 +103,21 @@ def _rank(item) -> int:
 
 def pytest_collection_modifyitems(config, items):
   items.sort(key=_rank)  # stable: the rest keep their order
+
+
+def random_model_dir(directory: Path, target: str, cfg, seed: int = 0) -> str:
+  """A model directory of `target` with random variables drawn in NumPy: no initialiser runs, so it costs a save
+  (building a SparseSync trunk eagerly compiles one small program per kernel shape, most of a minute on 2 cores)."""
+  import numpy as np
+  from flax import nnx
+
+  from synchformer_jax import pretrained
+  from synchformer_jax.models import build_target, stored_variables
+
+  rng = np.random.default_rng(seed)
+  shapes = stored_variables(nnx.eval_shape(lambda: build_target(target, cfg)))
+  variables = {name: (np.full(var.shape, seed, var.dtype) if np.issubdtype(var.dtype, np.integer)
+                      else rng.normal(0.0, 0.05, var.shape).astype(var.dtype) + (name.endswith(('.var', '.scale'))))
+               for name, var in shapes.items()}
+  pretrained.save_variables(variables, str(directory), target, cfg)
+  return str(directory)
