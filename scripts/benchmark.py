@@ -3,6 +3,8 @@
   python scripts/benchmark.py stage2-forward --size full --batch 1 --dtype float32   # one 4.8 s window
   python scripts/benchmark.py train-step --stage avclip --size full --batch 1 --remat
   python scripts/benchmark.py flops --stage sync --size full            # analytic vs XLA, no timing
+  python scripts/benchmark.py stage2-forward --stage sparsesync --size full --dtype bfloat16   # one 5 s clip
+  python scripts/benchmark.py train-step --stage sparsesync --size tiny --batch 2   # end to end, BatchNorm in train mode
   python scripts/benchmark.py loader --stage sync --workers 2 --batch 8 --data_dir data/generated
   python scripts/benchmark.py head-probe --size tiny --batch 32 --steps 3000   # can the Stage II head learn?
   python scripts/benchmark.py head-diagnosis --size tiny --batch 32 --layers 3 --at_steps 0,100,400   # why not?
@@ -22,8 +24,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('benchmark', choices=['stage2-forward', 'train-step', 'flops', 'loader', 'head-probe',
                                                     'head-diagnosis'])
-  parser.add_argument('--stage', choices=['avclip', 'sync', 'synchability'], default='sync')
-  parser.add_argument('--size', choices=['tiny', 'small', 'full'], default='full')
+  parser.add_argument('--stage', choices=['avclip', 'sync', 'synchability', 'sparsesync'], default='sync',
+                      help="the model: Synchformer's stages, or SparseSync (its forward: stage2-forward)")
+  parser.add_argument('--size', choices=['tiny', 'small', 'full'], default='full', help="SparseSync: 'tiny' or 'full'")
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--remat', action='store_true', help='train-step: rematerialise every block')
@@ -44,6 +47,8 @@ def main(argv=None) -> int:
                       help='head-diagnosis: the steps to measure at (0: initialisation); it trains to the last')
   parser.add_argument('--out', help='write the JSON result here as well')
   args = parser.parse_args(argv)
+  if args.stage == 'sparsesync' and (args.size == 'small' or args.benchmark in ('head-probe', 'head-diagnosis')):
+    parser.error("--stage sparsesync: --size tiny or full, and not the head probe (Synchformer's head)")
   if args.onednn_dots:
     cpu.use_onednn_dots()  # before anything initialises JAX's backends
 
@@ -55,8 +60,8 @@ def main(argv=None) -> int:
   setting = {'stage': stage, 'size': args.size, 'batch': args.batch, 'dtype': args.dtype,
              **({'attention_impl': args.attention_impl} if args.attention_impl else {})}
   if args.benchmark == 'stage2-forward':
-    measured = {**setting, 'segments': cfg.transformer.n_segments,
-                **suites.stage2_forward(cfg, args.batch, args.repeats)}
+    clip = {'frames': cfg.frames} if stage == 'sparsesync' else {'segments': cfg.transformer.n_segments}
+    measured = {**setting, **clip, **suites.stage2_forward(cfg, args.batch, args.repeats)}
   elif args.benchmark == 'train-step':
     measured = {**setting, 'remat': args.remat and args.remat_policy,
                 **suites.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}

@@ -3,7 +3,8 @@
   python scripts/evaluate.py --checkpoint DIR --dataset synthetic_sync --split test [--data_dir data/generated] \\
       [--iter_times 25 --random_offsets] [--out DIR]
 
-Offset (Stage II) models: acc@1, acc@1 ±1 class, a per-class table and a confusion-matrix PNG.
+Offset models (Stage II, or SparseSync: recognised from the checkpoint, each through its own pipeline and on its
+own grid of 21 or 3 classes): acc@1, acc@1 ±1 class, a per-class table and a confusion-matrix PNG.
 Synchronizability models (detected, or --synchronizability to insist): accuracy, ROC AUC and a ROC PNG.
 Fixed offsets are used where the split has them; --random_offsets draws them, as the original does for
 VGGSound-Sparse, and --iter_times repeats such random passes. Results go to OUT/results.json.
@@ -14,7 +15,6 @@ import os
 
 import synchformer_jax
 from synchformer_jax import plots
-from synchformer_jax.constants import OFFSET_GRID
 from synchformer_jax.errors import InputError
 from synchformer_jax.inference import cli, evaluation
 
@@ -51,13 +51,13 @@ def main(argv=None):
   print(f'{title} ({args.iter_times} pass{"es" if args.iter_times > 1 else ""})')
   for name, value in report['metrics'].items():
     print(f'  {name}: {value:.4f}')
-  if report['kind'] == 'sync':
+  if 'per_class' in report:  # an offset model
     print('  class  offset   count  acc@1  acc@1±1')
     for row in report['per_class']:
       print(f'  {row["class"]:5d}  {row["offset_sec"]:+5.1f} s  {row["count"]:5d}  {row["accuracy_1"]:.3f}  '
             f'{row["accuracy_1_tol1"]:.3f}')
     figure = os.path.join(out, 'confusion_matrix.png')
-    plots.plot_confusion_matrix(report['confusion_matrix'], [f'{o:+.1f}' for o in OFFSET_GRID], figure,
+    plots.plot_confusion_matrix(report['confusion_matrix'], [f'{o:+.1f}' for o in report['offset_grid']], figure,
                                 title=f'{title}: offset (s)')
   else:
     figure = os.path.join(out, 'roc.png')

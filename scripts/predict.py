@@ -6,8 +6,11 @@
   python scripts/predict.py --checkpoint DIR --video X.mp4 --explain evidence.png
   python scripts/predict.py --checkpoint DIR --video_dir VIDEOS | --csv LIST.csv [--out results.csv]
 
+The checkpoint is a Synchformer (Stage II) or a SparseSync model directory, recognised from it: each reads its own
+window (Synchformer 4.8 s of segments, SparseSync a 5-s clip) and reports offsets on its own grid (21 classes over
+±2 s; the 3-class SparseSync models -1, 0, +1 s).
 `--offset_sec` starts the audio that much later than the video (an artificial offset the model should find).
-Files longer than 10 s get sliding windows unless --no-sliding; --search_range_sec finds offsets beyond ±2 s.
+Files longer than 10 s get sliding windows unless --no-sliding; --search_range_sec finds offsets beyond the grid.
 A --csv has a header `path[,offset_sec,v_start_sec]`; a batch writes one row per file, failures included,
 and exits with status 1 when any file failed.
 """
@@ -20,8 +23,7 @@ import sys
 import synchformer_jax
 from synchformer_jax import plots
 from synchformer_jax.errors import InputError
-from synchformer_jax.inference import attribution, batch, cli
-from synchformer_jax.inference.compiled import DEFAULT_CHUNK_SIZE
+from synchformer_jax.inference import attribution, batch, cli, kinds
 
 
 def parse_args(argv=None):
@@ -39,14 +41,17 @@ def parse_args(argv=None):
   parser.add_argument('--json', action='store_true', help='print machine-readable JSON')
   parser.add_argument('--sliding', action=argparse.BooleanOptionalAction, default=None,
                       help='sliding windows over the whole file (default: for files longer than 10 s)')
-  parser.add_argument('--hop_sec', type=float, default=1.0, help='sliding: window step (rounded to 0.32 s)')
+  parser.add_argument('--hop_sec', type=float, default=1.0,
+                      help='sliding: window step (rounded to 0.32 s; SparseSync: to a frame)')
   parser.add_argument('--plot', help='sliding: write the offset-over-time curve to this PNG')
-  parser.add_argument('--search_range_sec', type=float, help='search offsets up to ± this (beyond the ±2-s grid)')
-  parser.add_argument('--search_step_sec', type=float, default=2.0, help='search: step of the coarse offsets (≤ 4 s)')
+  parser.add_argument('--search_range_sec', type=float, help='search offsets up to ± this (beyond the grid)')
+  parser.add_argument('--search_step_sec', type=float, default=2.0,
+                      help='search: step of the coarse offsets (≤ twice the grid\'s largest offset)')
   parser.add_argument('--explain', help='single window: write the evidence attribution figure to this PNG')
   parser.add_argument('--out', default='results.csv', help='batch: the results CSV')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='compute dtype (default: the checkpoint\'s)')
-  parser.add_argument('--chunk_size', type=int, default=DEFAULT_CHUNK_SIZE, help='segments per compiled call')
+  parser.add_argument('--chunk_size', type=int,
+                      help='per compiled call: segments (Synchformer, default 32) or 5-s windows (SparseSync, 4)')
   parser.add_argument('--original_decoder', action='store_true', help="decode as the original's PyAV 9 did")
   return parser.parse_args(argv)
 
@@ -97,15 +102,16 @@ def main(argv=None):
   else:
     print(f'{args.video} ({mode})')
     print(cli.format_result(result, args.top_k))
-  if abs(args.offset_sec) > 2 and mode != 'search':
-    print(f'note: the applied offset {args.offset_sec:+.2f} s is outside the ±2-s grid; '
+  grid_max = kinds.max_offset_sec(model)
+  if abs(args.offset_sec) > grid_max and mode != 'search':
+    print(f'note: the applied offset {args.offset_sec:+.2f} s is outside the ±{grid_max:g}-s grid; '
           'use --search_range_sec to find it', file=sys.stderr)
   if args.plot:
     plots.plot_offset_curve(result, args.plot, title=f'{os.path.basename(args.video)}: offset over time')
   if args.explain:
     figure = attribution.attribute(model, args.video, offset_sec=args.offset_sec, v_start_sec=args.v_start_sec,
                                    original_decoder=args.original_decoder)
-    plots.plot_attribution(figure, args.explain)
+    attribution.plot_evidence(figure, args.explain)
   return 0
 
 

@@ -129,6 +129,62 @@ def plot_attribution(attribution, path: str, n_frames: int = 8) -> plt.Figure:
   return save_figure(fig, path)
 
 
+def plot_selector_attention(attention, path: str) -> plt.Figure:
+  """SparseSync's evidence: where its selectors look in one window (`inference.attribution.SelectorAttention`).
+
+  Rows: each video token's time span as its middle frame, with the video selectors' attention over that span's
+  tokens (height × width) laid over it; the spectrogram with the audio selectors' attention over its tokens
+  (frequency × time); both streams' attention over time; and each selector's attention over time. Weights are
+  averaged over layers and heads (and over the selectors in the first three rows), on one colour scale per stream.
+  """
+  a = attention
+  video, audio = a.video_attention, a.audio_attention  # (T, H, W), (F, T_a)
+  n_tokens = len(a.frames)
+  fig = plt.figure(figsize=(14, 8.5))
+  grid = fig.add_gridspec(4, n_tokens, height_ratios=[0.6, 1.3, 1, 1.2], hspace=0.55, wspace=0.05)
+  size = a.frames.shape[1]
+  for t in range(n_tokens):
+    ax = fig.add_subplot(grid[0, t])
+    ax.imshow(a.frames[t])
+    ax.imshow(video[t], cmap='inferno', alpha=0.5, vmin=0, vmax=video.max() or 1.0, interpolation='nearest',
+              extent=(-0.5, size - 0.5, size - 0.5, -0.5))
+    ax.set_title(f'{a.frame_times[t]:.2f} s', fontsize=7)
+    ax.axis('off')
+  ax = fig.add_subplot(grid[1, :])
+  n_bins = a.spectrogram.shape[0]
+  extent = (0, a.window_sec, 0, n_bins)
+  ax.imshow(a.spectrogram, origin='lower', aspect='auto', cmap='gray', extent=extent)
+  heat = ax.imshow(audio, origin='lower', aspect='auto', cmap='inferno', alpha=0.5, vmin=0, vmax=audio.max() or 1.0,
+                   interpolation='nearest', extent=extent)
+  fig.colorbar(heat, ax=ax, pad=0.01, label='attention')
+  ax.set_ylabel('frequency bin')
+  ax.set_title('audio: the selectors\' attention over the spectrogram (model input)', fontsize=9)
+  ax = fig.add_subplot(grid[2, :])
+  ax.step(a.video_token_times, _normalised(video.sum(axis=(1, 2))), where='mid', color='tab:orange',
+          label='video selectors')
+  ax.step(a.audio_token_times, _normalised(audio.sum(axis=0)), where='mid', color='tab:blue', label='audio selectors')
+  ax.set_xlim(0, a.window_sec)
+  ax.set_xlabel('time in the window (s)')
+  ax.set_ylabel('attention (max = 1)')
+  ax.legend(loc='upper right', fontsize=8)
+  bottom = grid[3, :].subgridspec(1, 2, wspace=0.2)
+  for column, (label, per_selector, times) in enumerate((
+      ('video', a.video_selectors.sum(axis=(2, 3)), a.video_token_times),
+      ('audio', a.audio_selectors.sum(axis=1), a.audio_token_times))):
+    ax = fig.add_subplot(bottom[0, column])
+    step = times[1] - times[0] if len(times) > 1 else a.window_sec
+    ax.imshow(per_selector, aspect='auto', cmap='viridis', interpolation='nearest',
+              extent=(times[0] - step / 2, times[-1] + step / 2, len(per_selector) - 0.5, -0.5))
+    ax.set_xlabel('time in the window (s)')
+    ax.set_ylabel('selector')
+    ax.set_title(f'{label}: each selector over time', fontsize=9)
+  p = a.prediction
+  fig.suptitle(f'{a.name}: SparseSync selectors\' attention; predicted {p.offset_sec:+.2f} s (p={p.prob:.2f}); '
+               f'applied {p.applied_offset_sec:+.2f} s; video window from {a.video_start_sec:.2f} s, '
+               f'audio from {a.audio_start_sec:.2f} s', fontsize=10)
+  return save_figure(fig, path)
+
+
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
   """Trailing mean over up to `window` values (shorter at the start)."""
   sums = np.cumsum(np.concatenate([[0.0], values]))

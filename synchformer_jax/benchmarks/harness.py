@@ -26,12 +26,25 @@ def peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def _cpu_model() -> str:
+def _cpu_info(key: str) -> str | None:
+  """The first `key` line of /proc/cpuinfo (Linux), or None."""
   try:
     with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
+      return next((line.split(':', 1)[1].strip() for line in f if line.startswith(key)), None)
+  except OSError:
+    return None
+
+
+# The vector extensions that decide which kernels XLA:CPU and oneDNN use, as /proc/cpuinfo flags and by name.
+_ISA_FLAGS = {'avx2': 'AVX2', 'avx512f': 'AVX-512', 'avx512_bf16': 'AVX512-BF16', 'amx_tile': 'AMX'}
+
+
+def _cpu_model() -> str:
+  """The CPU's model name with its vector ISA ('AMD EPYC, AVX2 AVX-512 AVX512-BF16'), so that a row says both."""
+  model = _cpu_info('model name') or platform.processor() or platform.machine()
+  flags = set((_cpu_info('flags') or '').split())
+  isa = ' '.join(name for flag, name in _ISA_FLAGS.items() if flag in flags)
+  return f'{model}, {isa}' if isa else model
 
 
 def machine_description() -> dict[str, Any]:
@@ -82,12 +95,15 @@ def time_compiled(fn: Callable, *args, repeats: int = 3) -> dict[str, Any]:
 
 
 def batch_shapes(cfg: ModelConfig, batch: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """A stage's model inputs (and class targets), in its layouts."""
-  s, crop, frames = cfg.transformer.n_segments, cfg.video.crop, cfg.video.frames
-  if cfg.kind == 'avclip':
-    video, audio = (batch, s, 3, frames, crop, crop), (batch, s, cfg.audio.n_frames, cfg.audio.n_mels)
+  """A stage's model inputs (and class targets), in its layouts (SparseSync: one clip, not segments)."""
+  if cfg.kind == 'sparsesync':
+    video, audio = (batch, cfg.frames, 3, cfg.crop, cfg.crop), (batch, 1, cfg.audio_freq, cfg.audio_frames)
   else:
-    video, audio = (batch, s, frames, 3, crop, crop), (batch, s, 1, cfg.audio.n_mels, cfg.audio.n_frames)
+    s, crop, frames = cfg.transformer.n_segments, cfg.video.crop, cfg.video.frames
+    if cfg.kind == 'avclip':
+      video, audio = (batch, s, 3, frames, crop, crop), (batch, s, cfg.audio.n_frames, cfg.audio.n_mels)
+    else:
+      video, audio = (batch, s, frames, 3, crop, crop), (batch, s, 1, cfg.audio.n_mels, cfg.audio.n_frames)
   shapes = {'video': jax.ShapeDtypeStruct(video, jnp.float32), 'audio': jax.ShapeDtypeStruct(audio, jnp.float32)}
   if cfg.kind != 'avclip':
     shapes[TARGET_KEY[cfg.kind]] = jax.ShapeDtypeStruct((batch,), jnp.int32)

@@ -35,8 +35,8 @@ from flax import nnx
 from synchformer_jax.conversion import mapping
 from synchformer_jax.conversion.torch_io import CheckpointError, load_torch_file, opaque_to_plain
 from synchformer_jax.models import SPARSESYNC_TOWERS, TARGETS, TOWERS, build_target, stored_variables
-from synchformer_jax.models.config import (SIZE_PARAMS, AudioTowerConfig, ModelConfig, ModelConfigError, SparseSyncConfig,
-                                           SyncTransformerConfig, VideoTowerConfig, config_for_size)
+from synchformer_jax.models.config import (SIZE_PARAMS, SPARSESYNC_SIZES, AudioTowerConfig, ModelConfig, ModelConfigError,
+                                           SparseSyncConfig, SyncTransformerConfig, VideoTowerConfig, config_for_size)
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ def infer_config(source: SourceCheckpoint, target: str, size: str | None = None)
 def _sparsesync_config(source: SourceCheckpoint, size: str | None) -> SparseSyncConfig:
   """A SparseSync architecture from the shapes: the trunks' widths, the head's width, depth, MLP and selector
   count, the classes from `off_head`, and the input size from the positional tables (5 s at 224 px when the
-  source has no head, as the trunk checkpoints do). Heads from `args` when present, else 64-d heads."""
+  source has no head, as the trunk checkpoints do). Heads from `args` when present, else those of the named size
+  whose head has these shapes, else 64-d heads."""
   base = config_for_size('sparsesync', size or 'full')
   if size is not None:
     return base
@@ -211,18 +212,22 @@ def _sparsesync_config(source: SourceCheckpoint, size: str | None) -> SparseSync
     fields['transformer'] = dataclasses.replace(base.transformer, dim=8 * fields['resnet_width'])
   if source.kind == 'sparsesync':
     t = 'transformer.'
-    dim = int(sd[t + 'pre_lnorm_vis.weight'].shape[0])
-    heads = _arg(source.args, 'model.params.transformer.params.n_head') or max(dim // 64, 1)
-    fields['transformer'] = dataclasses.replace(
-        base.transformer, dim=dim, heads=int(heads), layers=_count(sd, r'transformer\.global_transformer\.blocks\.(\d+)\.'),
-        mlp_dim=int(sd[t + 'global_transformer.blocks.0.mlp.0.weight'].shape[0]))
+    shapes = (int(sd[t + 'pre_lnorm_vis.weight'].shape[0]), _count(sd, r'transformer\.global_transformer\.blocks\.(\d+)\.'),
+              int(sd[t + 'global_transformer.blocks.0.mlp.0.weight'].shape[0]))
+    named = [p.transformer.heads for p in SPARSESYNC_SIZES.values()
+             if (p.transformer.dim, p.transformer.layers, p.transformer.mlp_dim) == shapes]
+    heads = _arg(source.args, 'model.params.transformer.params.n_head') or (named + [max(shapes[0] // 64, 1)])[0]
+    fields['transformer'] = dataclasses.replace(base.transformer, dim=shapes[0], heads=int(heads), layers=shapes[1],
+                                                mlp_dim=shapes[2])
     fields['num_classes'] = int(sd[t + 'off_head.weight'].shape[0])
     fields['num_selectors'] = int(sd[t + 'v_selector.selectors'].shape[0])
     fields.update(_input_size(sd, t, base))
   try:
     return base.replace(**fields)
   except ModelConfigError as e:  # the shapes describe no valid SparseSync
-    raise CheckpointError(f'{source.path}: {e}') from None
+    origin = 'transformer.off_head.weight'
+    read_from = f' (read from {origin} {sd[origin].shape})' if e.field == 'num_classes' else ''
+    raise CheckpointError(f'{source.path}: {e}{read_from}') from None
 
 
 def _input_size(sd: dict[str, np.ndarray], t: str, base: SparseSyncConfig) -> dict[str, int]:

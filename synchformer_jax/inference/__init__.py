@@ -5,6 +5,10 @@ offset predictions for files (`windows`, returning `results`), all through jitte
 Above them: batch prediction over files (`batch`), dataset evaluation (`evaluation`), evidence attribution
 (`attribution`) and the scripts' shared error handling (`cli`). The scripts `predict.py`, `evaluate.py` and
 `attribute.py` are thin layers over these.
+
+File predictions, batches, evaluation and attribution take Synchformer ('sync') and SparseSync models alike,
+recognised from the model (`kinds`: each kind's window, pipeline, class grid and evaluation step); the array API
+(`segments`, `desync`) is Synchformer's.
 """
 from synchformer_jax.inference.desync import desync, p_in_sync
 from synchformer_jax.inference.results import OffsetCurve, OffsetPrediction, OffsetSearch

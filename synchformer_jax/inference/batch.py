@@ -1,8 +1,9 @@
 """Predictions for video files: one file in the mode it needs, or many files to a results CSV.
 
 Modes: 'single' (one window, as the original's example.py), 'sliding' (windows over the whole file),
-'search' (offsets beyond ±2 s), 'auto' (sliding for files longer than the 10 s the original's pipeline
-reads, else single). A failing file in a batch becomes a row with its error, and the batch goes on.
+'search' (offsets beyond the grid's ±2 s), 'auto' (sliding for files longer than the 10 s the original's
+pipelines read, else single), for Synchformer and SparseSync models alike (`windows`). A failing file in a
+batch becomes a row with its error, and the batch goes on.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from synchformer_jax.constants import AUDIO_RATE, VIDEO_FPS
 from synchformer_jax.data.decode import MediaFile
 from synchformer_jax.data.transforms import CLIP_MAX_SEC
 from synchformer_jax.errors import InputError
-from synchformer_jax.inference.compiled import DEFAULT_CHUNK_SIZE
 from synchformer_jax.inference.results import OffsetCurve, OffsetPrediction, OffsetSearch
 from synchformer_jax.inference.windows import offset_curve, predict_offsets, search_offset
 
@@ -37,7 +37,7 @@ class PredictOptions:
   search_range_sec: float = 0.0  # search: offsets up to ± this (0: the grid's ±2 s only)
   search_step_sec: float = 2.0
   top_k: int = 5
-  chunk_size: int = DEFAULT_CHUNK_SIZE
+  chunk_size: int | None = None  # segments (Synchformer) / 5-s windows (SparseSync) per call; None: the default
   original_decoder: bool = False
 
   def __post_init__(self):

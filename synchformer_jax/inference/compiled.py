@@ -20,10 +20,17 @@ def _compiled(graphdef: nnx.GraphDef, method: Callable) -> Callable:
   return jax.jit(lambda state, *arrays: method(nnx.merge(graphdef, state), *arrays))
 
 
+def bound_call(method: Callable, module: nnx.Module) -> Callable:
+  """`lambda *arrays: method(module, *arrays)`, compiled once per module structure and method, with the module
+  split once (splitting a large module costs more than a small call): for many calls while it does not change."""
+  graphdef, state = nnx.split(module)
+  compiled = _compiled(graphdef, method)
+  return lambda *arrays: compiled(state, *arrays)
+
+
 def jitted_call(method: Callable, module: nnx.Module, *arrays):
   """`method(module, *arrays)`, compiled once per module structure and method."""
-  graphdef, state = nnx.split(module)
-  return _compiled(graphdef, method)(state, *arrays)
+  return bound_call(method, module)(*arrays)
 
 
 def in_chunks(fn: Callable[[np.ndarray], jax.Array], items: np.ndarray, chunk_size: int) -> jax.Array:

@@ -37,7 +37,15 @@ def require_kind(model: nnx.Module, kind: str, what: str) -> None:
     raise InputError(f'{what} needs a {kind!r} model, got {found!r}')
 
 
-def _classify(model: nnx.Module, vfeat: jax.Array, afeat: jax.Array) -> jax.Array:
+def require_segments(model: nnx.Module, what: str) -> None:
+  """The array API is Synchformer's: SparseSync models read whole 5-s clips, not segments."""
+  if getattr(getattr(model, 'cfg', None), 'kind', None) == 'sparsesync':
+    raise InputError(f"{what} works on Synchformer's segments; a SparseSync model reads whole 5-s clips "
+                     '(predict_offsets, offset_curve, search_offset)')
+
+
+def classify_features(model: nnx.Module, vfeat: jax.Array, afeat: jax.Array) -> jax.Array:
+  """The model's head on its trunks' or towers' features (for `jitted_call`)."""
   return model.classify(vfeat, afeat)
 
 
@@ -71,6 +79,7 @@ def encode_video_sync(model: nnx.Module, frames, *, stride: int = SYNC_SEGMENT_S
   the 224-px crop; then the test pipeline crops the centre 224 px, resizes to the model's input size and
   normalises in the stage's dtype. `chunk_size` segments go through the tower per compiled call.
   """
+  require_segments(model, 'encode_video_sync')
   frames = np.asarray(frames)
   if frames.ndim != 5 or frames.shape[-1] != 3:
     raise InputError(f'encode_video_sync: expected frames (B, T, H, W, 3), got {frames.shape}')
@@ -106,6 +115,7 @@ def encode_audio_sync(model: nnx.Module, wav_16k, *, stride: int = SYNC_SEGMENT_
   Segment k covers samples [k·stride, k·stride + 10240); each becomes the original's log-mel
   (`synchformer_jax.data.audio.audio_features`). `chunk_size` segments per compiled call.
   """
+  require_segments(model, 'encode_audio_sync')
   wav = np.asarray(wav_16k, np.float32)
   if wav.ndim != 2:
     raise InputError(f'encode_audio_sync: expected waveforms (B, N), got {wav.shape}')
@@ -129,13 +139,14 @@ def sync_logits(model: nnx.Module, vfeat, afeat, *, chunk_size: int = DEFAULT_CH
 
   `chunk_size` windows per compiled call.
   """
+  require_segments(model, 'sync_logits')
   vfeat, afeat = np.asarray(vfeat), np.asarray(afeat)
   n = model.cfg.transformer.n_segments
   if vfeat.shape[:2] != afeat.shape[:2] or vfeat.shape[1] != n:
     raise InputError(f'sync_logits: expected {n} segments of each stream, got video {vfeat.shape} and '
                      f'audio {afeat.shape}')
   pairs = np.arange(len(vfeat))
-  return in_chunks(lambda i: jitted_call(_classify, model, vfeat[i], afeat[i]), pairs, chunk_size)
+  return in_chunks(lambda i: jitted_call(classify_features, model, vfeat[i], afeat[i]), pairs, chunk_size)
 
 
 def aligned_features(model, video, audio, chunk_size: int, short_side: int) -> tuple[np.ndarray, np.ndarray]:

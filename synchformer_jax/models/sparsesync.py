@@ -75,7 +75,7 @@ class BatchNorm(nnx.Module):
 def _conv(in_ch: int, out_ch: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], *,
           dtype, rngs: nnx.Rngs, use_bias: bool = False, kernel_init=_conv_init) -> nnx.Conv:
   """A convolution with torch's symmetric zero padding (never 'SAME', which pads stride-2 inputs unevenly)."""
-  return nnx.Conv(in_ch, out_ch, tuple(kernel), strides=tuple(stride), padding=[(p, p) for p in padding],
+  return nnx.Conv(in_ch, out_ch, tuple(kernel), strides=tuple(stride), padding=tuple((p, p) for p in padding),
                   use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
                   bias_init=nnx.initializers.zeros_init(), rngs=rngs)
 

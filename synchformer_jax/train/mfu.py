@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import jax
 
-from synchformer_jax.models.config import ModelConfig
+from synchformer_jax.models.config import ModelConfig, SparseSyncConfig
 from synchformer_jax.models.flops import forward_flops
 
 # Dense bf16 peak FLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
@@ -19,13 +19,13 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
   return next((flops for name, flops in PEAK_BF16_FLOPS.items() if name in kind), None)
 
 
-def train_step_flops(cfg: ModelConfig, batch: int, *, frozen_towers_run: bool = True) -> int:
+def train_step_flops(cfg: ModelConfig | SparseSyncConfig, batch: int, *, frozen_towers_run: bool = True) -> int:
   """Model FLOPs of one training step, analytically: 3× the forward of what is trained (forward, and a
   backward of twice its cost), 1× the forward of frozen towers (Stage II / III) unless the step trains on
   their precomputed features (`frozen_towers_run=False`). Rematerialisation's recomputed forward is not model
   work and is not counted."""
   parts = forward_flops(cfg)
-  if cfg.kind == 'avclip':
+  if cfg.kind in ('avclip', 'sparsesync'):  # trained end to end
     return 3 * parts['total'] * batch
   towers = parts['video'] + parts['audio'] if frozen_towers_run else 0
   return (towers + 3 * parts['head']) * batch

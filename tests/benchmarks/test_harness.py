@@ -1,11 +1,17 @@
-"""The benchmark harness: XLA's FLOP counts of HLO, the AOT timing record, the train-step benchmark, Markdown rows."""
+"""The benchmark harness: XLA's FLOP counts of HLO, the AOT timing record, the train-step benchmark, Markdown rows,
+and `scripts/benchmark.py` itself."""
+import importlib.util
+import json
+
 import jax
 import jax.numpy as jnp
 
 from synchformer_jax.benchmarks import harness, report, suites
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
+from synchformer_jax.models import flops
 from synchformer_jax.models.config import config_for_size
 from synchformer_jax.train import mfu
+from tests.conftest import REPO_ROOT
 
 
 def test_step_flops_counts_a_matmul():
@@ -45,3 +51,22 @@ def test_markdown_row_names_the_command_and_machine():
   row = report.markdown_row(result)
   assert row.startswith('| flops | sync tiny B=1 float32 |') and '`python scripts/benchmark.py flops`' in row
   assert 'analytic' in row and jax.__version__ in row
+
+
+def _benchmark_script():
+  spec = importlib.util.spec_from_file_location('benchmark_script', REPO_ROOT / 'scripts' / 'benchmark.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_sparsesync_forward_benchmark_runs(capsys):
+  argv = ['stage2-forward', '--stage', 'sparsesync', '--size', 'tiny', '--repeats', '1']
+  assert _benchmark_script().main(argv) == 0
+  text = capsys.readouterr().out
+  result = json.loads(text[:text.rindex('\n|')])
+  assert result['stage'] == 'sparsesync' and result['frames'] == 125 and len(result['steady_s_all']) == 1
+  assert result['compile_s'] > 0 and result['xla_peak_gib'] > 0 and result['peak_rss_gib'] > 0
+  assert result['analytic_flops'] == flops.forward_flops(config_for_size('sparsesync', 'tiny'))['total']
+  row = text.splitlines()[-1]
+  assert row.startswith('| stage2-forward | sparsesync tiny B=1 float32 | compile ') and result['machine']['cpu'] in row

@@ -1,5 +1,6 @@
-"""Fixtures of the inference tests: tiny models on disk, sample clips and their re-encoded variants, bad
-files, and a runner for the scripts (sharing one JAX compilation cache, so each script compiles once)."""
+"""Fixtures of the inference tests: tiny models on disk (Synchformer, and SparseSync with 21 and 3 classes), sample
+clips and their re-encoded variants, bad files, a small synthetic dataset split, and a runner for the scripts
+(sharing one JAX compilation cache, so each script compiles once)."""
 import os
 import subprocess
 import sys
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 
 import synchformer_jax
-from synchformer_jax.data import synthetic
+from synchformer_jax.data import builders, synthetic
 from synchformer_jax.constants import AUDIO_RATE, VIDEO_FPS
 from synchformer_jax.data.decode import decode_clip
 from synchformer_jax.models import build_model, config_for_size
-from tests.conftest import REPO_ROOT, SHARED_DIR, require_fixture
+from tests.conftest import REPO_ROOT, SHARED_DIR, random_model_dir, require_fixture
 
 SAMPLES = SHARED_DIR / 'samples'
 VGG_CLIP = '3qesirWAGt4_20000_30000.mp4'  # 10 s, 454x256, 16 kHz mono
@@ -59,10 +60,32 @@ def tiny_sync(tiny_sync_dir):
 
 
 @pytest.fixture(scope='session')
+def tiny_sparsesync_dirs(tmp_path_factory) -> dict[int, Path]:
+  """Untrained tiny SparseSync model directories (64-px frames), by number of classes: 21 (±2 s) and 3 (±1 s).
+  Random NumPy weights (`random_model_dir`): `build_model` would run its ~700 initialisers one by one."""
+  root = tmp_path_factory.mktemp('models')
+  cfg = config_for_size('sparsesync', 'tiny')
+  return {classes: Path(random_model_dir(root / f'tiny_sparsesync_{classes}', 'sparsesync',
+                                         cfg.replace(num_classes=classes)))
+          for classes in (21, 3)}
+
+
+@pytest.fixture(scope='session')
 def script_env(tmp_path_factory) -> dict[str, str]:
   cache = tmp_path_factory.mktemp('jax_cache')
   return {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(cache), 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
           'PYTHONPATH': str(REPO_ROOT)}
+
+
+@pytest.fixture(scope='session')
+def synthetic_test_split(tmp_path_factory) -> Path:
+  """The data_dir of a `synthetic_sync` dataset with a test split of 4 small clips (9 s of 64-px video, each with a
+  fixed evaluation offset)."""
+  root = tmp_path_factory.mktemp('synthetic_split')
+  spec = synthetic.SyntheticSpec(duration_sec=9.0, height=64, width=64)
+  builders.build('synthetic_sync', data_dir=root, num_workers=0, split_sizes={'test': 4}, spec=spec,
+                 requirements=builders.ClipRequirements(min_side=spec.height))
+  return root
 
 
 def run_script(name: str, *args, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
