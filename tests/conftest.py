@@ -81,6 +81,9 @@ def pytest_unconfigure(config):
 _LONGEST_FIRST = (
     'tests/train/test_multihost.py::',
     'tests/train/test_resume.py::test_sigterm_and_sigkill',
+    'tests/train/test_sparsesync_training.py::test_trains_end_to_end_and_resumes_after_sigkill',
+    'tests/test_sparsesync_model.py::test_remat_gives_the_same',
+    'tests/test_sparsesync_model.py::test_batch_statistics_are_over_the_global_batch',
     'tests/train/test_features.py::',
     'tests/train/test_stages.py::test_stage1_then_the_fine_tune',
     'tests/scaling/test_sweep.py::test_two_points_train_through_the_real_trainer',

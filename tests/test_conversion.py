@@ -231,7 +231,7 @@ def test_checkpoint_of_another_architecture(torch, tmp_path):
   resnet = {'conv1.weight': np.zeros((64, 3, 7, 7), np.float32), 'bn1.weight': np.ones(64, np.float32),
             'fc.weight': np.zeros((1000, 512), np.float32)}
   path = _save(torch, {'model': resnet, 'epoch': 1}, tmp_path / 'resnet.pt')
-  with pytest.raises(CheckpointError, match='resnet.pt: the weights are not of a Synchformer architecture'):
+  with pytest.raises(CheckpointError, match='resnet.pt: the weights are not of a supported architecture'):
     read_source(path)
 
 

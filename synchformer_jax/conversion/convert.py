@@ -365,7 +365,8 @@ def _listing(names: list[str], limit: int = 20) -> str:
 
 
 def to_original_state_dict(target: str, cfg: ModelConfig | SparseSyncConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
-  """Flax parameters → the original's state dict (key order of the original modules)."""
+  """Flax parameters → the original's state dict, in the order of the original modules (a fused q|k|v projection
+  gives its three weights, then its three biases; torch's loading does not depend on the order)."""
   out = {}
   for rule in target_rules(target, cfg):
     out.update(mapping.to_torch(rule, np.asarray(jax.device_get(params[dotted(rule.path)]))))
