@@ -36,6 +36,24 @@ def _step_losses(workdir: Path) -> dict[int, float]:
   return losses
 
 
+def run_to_the_end(command: list[str], workdir: Path) -> None:
+  subprocess.run(command + ['--workdir', str(workdir)], check=True, capture_output=True, timeout=900)
+
+
+def start(command: list[str], workdir: Path) -> subprocess.Popen:
+  """A training run in the background, its stderr kept for the error message of a run that exits early."""
+  return subprocess.Popen(command + ['--workdir', str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def kill_after_step(command: list[str], workdir: Path, step: int) -> None:
+  """Starts a run and SIGKILLs it once it has logged `step`."""
+  proc = start(command, workdir)
+  _wait_for_step(workdir, proc, step)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, timeout: float = 600) -> None:
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -49,13 +67,12 @@ def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, timeout: fl
 @pytest.mark.slow
 def test_sigterm_and_sigkill_then_resume_log_the_losses_of_an_uninterrupted_run(tmp_path, synthetic_data):
   """One run is preempted (SIGTERM: it saves and exits 0), resumed, killed (SIGKILL), and resumed again."""
+  command = TRAIN + _overrides(synthetic_data)
   reference = tmp_path / 'reference'
-  subprocess.run(TRAIN + ['--workdir', str(reference)] + _overrides(synthetic_data), check=True, capture_output=True,
-                 timeout=900)
+  run_to_the_end(command, reference)
   run = tmp_path / 'interrupted'
 
-  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = start(command, run)
   _wait_for_step(run, proc, 1)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
@@ -63,14 +80,10 @@ def test_sigterm_and_sigkill_then_resume_log_the_losses_of_an_uninterrupted_run(
   assert stopped_at < 6
   assert _checkpoint_steps(run)[-1] == stopped_at  # saved where it stopped, not only every checkpoint_every
 
-  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  _wait_for_step(run, proc, max(stopped_at + 2, 5))
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_step(command, run, max(stopped_at + 2, 5))
   assert not (run / 'model').exists()
 
-  subprocess.run(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), check=True, capture_output=True, timeout=900)
+  run_to_the_end(command, run)
   expected = _step_losses(reference)
   assert sorted(expected) == list(range(1, 7))
   assert _step_losses(run) == expected

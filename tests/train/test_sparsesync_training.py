@@ -2,8 +2,6 @@
 statistics included), and end-to-end training that resumes after SIGKILL with exactly the losses of an
 uninterrupted run and exports a model `synchformer_jax.load` reads."""
 import importlib.util
-import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -14,7 +12,7 @@ from synchformer_jax.models import config_for_size, stored_variables
 from synchformer_jax.train.config import ConfigError, model_config, validate
 from synchformer_jax.train.loop import _initialiser
 from tests.conftest import REPO_ROOT, random_model_dir
-from tests.train.test_resume import _step_losses, _wait_for_step
+from tests.train.test_resume import _step_losses, kill_after_step, run_to_the_end
 from tests.train.test_stages import _parsed
 
 CONFIG = str(REPO_ROOT / 'configs' / 'sparsesync.py')
@@ -86,18 +84,12 @@ def _overrides(data_dir) -> list[str]:
 
 @pytest.mark.slow
 def test_trains_end_to_end_and_resumes_after_sigkill_with_the_same_losses(tmp_path, synthetic_data):
-  reference = tmp_path / 'reference'
-  subprocess.run(TRAIN + ['--workdir', str(reference)] + _overrides(synthetic_data), check=True, capture_output=True,
-                 timeout=900)
-  run = tmp_path / 'interrupted'
-  proc = subprocess.Popen(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  _wait_for_step(run, proc, 3)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  command = TRAIN + _overrides(synthetic_data)
+  reference, run = tmp_path / 'reference', tmp_path / 'interrupted'
+  run_to_the_end(command, reference)
+  kill_after_step(command, run, 3)
   assert not (run / 'model').exists()
-  subprocess.run(TRAIN + ['--workdir', str(run)] + _overrides(synthetic_data), check=True, capture_output=True,
-                 timeout=900)
+  run_to_the_end(command, run)
   expected = _step_losses(reference)
   assert sorted(expected) == [1, 2, 3, 4]
   assert _step_losses(run) == expected
