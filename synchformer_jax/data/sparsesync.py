@@ -203,6 +203,11 @@ def standardise_per_frequency(log_spec: np.ndarray) -> np.ndarray:
   return (log_spec - mean) / (std + STD_EPS)
 
 
+def model_audio(log_spec: np.ndarray) -> np.ndarray:
+  """The model's audio input from log spectrograms (..., 257, T): standardised, float32, (..., 1, 257, T)."""
+  return standardise_per_frequency(log_spec).astype(np.float32)[..., None, :, :]
+
+
 def _mask_band(spec: np.ndarray, rng: np.random.Generator, max_width: int, axis: int) -> np.ndarray:
   """torchaudio ``mask_along_axis``: a band of width U[0, max_width) starting at U[0, n - width), truncated,
   set to 0 (here in the log domain, before standardisation)."""
@@ -246,8 +251,7 @@ def make_sparsesync_example(
   log_spec = log_spectrogram(waveform)
   if rng is not None:
     log_spec = mask_spectrogram(log_spec, rng, pipeline.audio_aug_p)
-  audio = standardise_per_frequency(log_spec).astype(np.float32)[None]
-  return {'video': normalise_video(frames), 'audio': audio} | plan.targets
+  return {'video': normalise_video(frames), 'audio': model_audio(log_spec)} | plan.targets
 
 
 def build_sparsesync_test_example(

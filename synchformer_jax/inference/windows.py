@@ -14,7 +14,6 @@ later in the file than the video window). An artificial `offset_sec` starts the 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -101,17 +100,12 @@ class FileFeatures:
     return firsts * self.step_sec, np.asarray(logits)
 
 
-def _sparsesync_video_features(model: nnx.Module, video: jax.Array) -> jax.Array:
-  """The S3D trunk's features of model-input video (B, 125, 3, s, s). The model's own `extract_features`,
-  given silence for the audio: XLA drops the unused audio trunk."""
-  silence = jnp.zeros((video.shape[0], 1, model.cfg.audio_freq, model.cfg.audio_frames), video.dtype)
-  return model.extract_features(video, silence)[0]
+def _video_trunk(model: nnx.Module, video: jax.Array) -> jax.Array:
+  return model.video_features(video)
 
 
-def _sparsesync_audio_features(model: nnx.Module, audio: jax.Array) -> jax.Array:
-  """The ResNet trunk's features of model-input spectrograms (B, 1, 257, 626) (the video trunk dropped)."""
-  still = jnp.zeros((audio.shape[0], model.cfg.frames, 3, model.cfg.crop, model.cfg.crop), audio.dtype)
-  return model.extract_features(still, audio)[1]
+def _audio_trunk(model: nnx.Module, audio: jax.Array) -> jax.Array:
+  return model.audio_features(audio)
 
 
 class SparseSyncFileWindows:
@@ -139,8 +133,8 @@ class SparseSyncFileWindows:
     self.crop_box = center_crop_box(info.height, info.width)
     self.wav = self.media.read((0, 1), (0, info.n_samples)).audio
     self._vfeat: dict[int, np.ndarray] = {}  # window start frame → its video trunk's features
-    self._video_trunk = bound_call(_sparsesync_video_features, model)
-    self._audio_trunk = bound_call(_sparsesync_audio_features, model)
+    self._video_trunk = bound_call(_video_trunk, model)
+    self._audio_trunk = bound_call(_audio_trunk, model)
     self._classify = bound_call(classify_features, model)
 
   def _encode_video(self, starts: np.ndarray) -> None:
@@ -160,7 +154,7 @@ class SparseSyncFileWindows:
   def _spectrograms(self, sample_starts: np.ndarray) -> np.ndarray:
     """The model's audio input (N, 1, 257, 626) for the 80,000 samples from each start."""
     wav = self.wav[sample_starts[:, None] + np.arange(sparsesync.CLIP_SAMPLES)]
-    return sparsesync.standardise_per_frequency(sparsesync.log_spectrogram(wav)).astype(np.float32)[:, None]
+    return sparsesync.model_audio(sparsesync.log_spectrogram(wav))
 
   def window_logits(self, shift_sec: float, hop: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(start (s) of each window, logits) of the windows, `hop` frames apart, that have audio at the shift."""

@@ -417,12 +417,17 @@ class SparseSync(nnx.Module):
                                  rngs=rngs)
     self.transformer = SparseSyncHead(cfg, remat=remat, dtype=dtype, rngs=rngs)
 
+  def video_features(self, video: jax.Array) -> jax.Array:
+    """The S3D trunk on (B, T, 3, H, W) video: channels-last (B, T', H', W', C) features."""
+    return self.vfeat_extractor(jnp.transpose(video, (0, 1, 3, 4, 2)).astype(jnp.dtype(self.cfg.dtype)))
+
+  def audio_features(self, audio: jax.Array) -> jax.Array:
+    """The ResNet trunk on (B, 1, F, T) spectrograms: channels-last (B, F', T', C) features."""
+    return self.afeat_extractor(jnp.transpose(audio, (0, 2, 3, 1)).astype(jnp.dtype(self.cfg.dtype)))
+
   def extract_features(self, video: jax.Array, audio: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The trunks, channels-last: (B, T', H', W', C) video and (B, F', T', C) audio features."""
-    dtype = jnp.dtype(self.cfg.dtype)
-    vfeat = self.vfeat_extractor(jnp.transpose(video, (0, 1, 3, 4, 2)).astype(dtype))
-    afeat = self.afeat_extractor(jnp.transpose(audio, (0, 2, 3, 1)).astype(dtype))
-    return vfeat, afeat
+    """Both trunks: (B, T', H', W', C) video and (B, F', T', C) audio features."""
+    return self.video_features(video), self.audio_features(audio)
 
   def classify(self, vfeat: jax.Array, afeat: jax.Array) -> jax.Array:
     return self.transformer(self.v_bridge(vfeat), afeat)
