@@ -10,10 +10,15 @@
   python scripts/benchmark.py head-diagnosis --size tiny --batch 32 --layers 3 --at_steps 0,100,400   # why not?
 
 Runs on whatever JAX finds (CPU here); the row names the command, machine, versions and load average.
-`--onednn-dots` opts in to oneDNN matmuls on CPU (synchformer_jax/cpu.py says when that is safe).
+stage2-forward runs as inference does: XLA with its CPU inference settings (synchformer_jax/cpu.py), or torch's
+kernels for bfloat16 on CPUs with AMX / AVX512-BF16 (synchformer_jax/inference/executor.py); `--executor` forces
+one, `--xla_cpu_defaults` keeps XLA's own settings. original-forward times the PyTorch mirror of the original's
+Stage II forward on the same random model (bfloat16: torch's CPU autocast):
+  python scripts/benchmark.py original-forward --size full --batch 1 --dtype bfloat16
 """
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -22,8 +27,8 @@ from synchformer_jax import cpu
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('benchmark', choices=['stage2-forward', 'train-step', 'flops', 'loader', 'head-probe',
-                                                    'head-diagnosis'])
+  parser.add_argument('benchmark', choices=['stage2-forward', 'original-forward', 'train-step', 'flops', 'loader',
+                                            'head-probe', 'head-diagnosis'])
   parser.add_argument('--stage', choices=['avclip', 'sync', 'synchability', 'sparsesync'], default='sync',
                       help="the model: Synchformer's stages, or SparseSync (its forward: stage2-forward)")
   parser.add_argument('--size', choices=['tiny', 'small', 'full'], default='full', help="SparseSync: 'tiny' or 'full'")
@@ -34,7 +39,10 @@ def main(argv=None) -> int:
   parser.add_argument('--attention_impl', choices=['xla', 'cudnn'], help="default: JAX's choice ('cudnn': NVIDIA GPUs)")
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=1, help='train-step: untimed steps first (0 for long steps)')
-  parser.add_argument('--onednn-dots', action='store_true', help='CPU: oneDNN for the matmuls (see cpu.py)')
+  parser.add_argument('--executor', choices=['auto', 'xla', 'torch'], default='auto',
+                      help="stage2-forward on CPU: the engine (auto: inference's choice)")
+  parser.add_argument('--xla_cpu_defaults', action='store_true',
+                      help="stage2-forward: XLA:CPU's own settings, not the inference ones")
   parser.add_argument('--workers', type=int, default=0, help='loader: grain worker processes')
   parser.add_argument('--batches', type=int, default=10, help='loader: batches to time')
   parser.add_argument('--data_dir', default='data/generated', help='loader: where synthetic_sync is (built if absent)')
@@ -49,8 +57,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.stage == 'sparsesync' and (args.size == 'small' or args.benchmark in ('head-probe', 'head-diagnosis')):
     parser.error("--stage sparsesync: --size tiny or full, and not the head probe (Synchformer's head)")
-  if args.onednn_dots:
-    cpu.use_onednn_dots()  # before anything initialises JAX's backends
+  os.environ['SYNCHFORMER_CPU_EXECUTOR'] = args.executor
+  if args.benchmark in ('stage2-forward', 'original-forward') and not args.xla_cpu_defaults:
+    cpu.use_inference_flags()  # before anything initialises JAX's backends
 
   from synchformer_jax.benchmarks import harness, report, suites  # imports JAX
   from synchformer_jax.models.config import config_for_size
@@ -62,6 +71,9 @@ def main(argv=None) -> int:
   if args.benchmark == 'stage2-forward':
     clip = {'frames': cfg.frames} if stage == 'sparsesync' else {'segments': cfg.transformer.n_segments}
     measured = {**setting, **clip, **suites.stage2_forward(cfg, args.batch, args.repeats)}
+  elif args.benchmark == 'original-forward':
+    measured = {**setting, 'segments': cfg.transformer.n_segments,
+                **suites.original_forward(cfg, args.batch, args.repeats)}
   elif args.benchmark == 'train-step':
     measured = {**setting, 'remat': args.remat and args.remat_policy,
                 **suites.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}

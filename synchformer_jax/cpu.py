@@ -1,36 +1,73 @@
-"""An opt-in XLA-CPU setting: oneDNN for the matrix products.
+"""What this CPU can do, and the XLA:CPU settings that inference uses by default.
 
-jaxlib 0.10.2 hands plain dots to YNNPACK by default. At the towers' real shapes (14 segments of 1569
-tokens, e.g. a 21966×768 @ 768×2304 projection) YNNPACK reaches about 70 GFLOP/s per AVX2 core and
-oneDNN about 85, and a full-size Motionformer block runs about 25 % faster with oneDNN's dots
-(BENCHMARKS.md). Only the order of float32 summation inside each dot changes; the full-size parity
-cases pass with it.
+XLA:CPU (jaxlib 0.10.2) hands plain dots to YNNPACK by default. On x86 CPUs, taking them away from YNNPACK and
+giving them to oneDNN's matmul custom call runs the full Stage II forward 28 % faster in float32 on an
+AVX-512 Xeon (BENCHMARKS.md, issue 18); only the order of float32 summation inside each dot changes, and the
+parity cases pass with it. `use_inference_flags()` adds those flags; `synchformer_jax.load` and the inference
+scripts call it, so it is the default for CPU inference, not a flag a user must know.
 
-It is not the default because oneDNN fails to compile some small batched dots in this jaxlib (it logs
-"partition compile failed" and the process dies of an illegal instruction or an object-pool check):
-the tiny parity models' attention hits this. Use it for full-size inference, where it was checked.
-
-XLA reads its flags once, when JAX initialises its backends, so `use_onednn_dots()` must run before
-the first JAX computation. Flags already in XLA_FLAGS are left as they are.
+XLA reads its flags once, when JAX initialises its backends: after that, `use_inference_flags()` can only
+report that it is too late. Flags already in XLA_FLAGS are left as they are; `SYNCHFORMER_XLA_CPU_DEFAULTS=1`
+keeps XLA's own defaults.
 """
 from __future__ import annotations
 
+import functools
 import os
+import platform
 
-# oneDNN takes the dots; YNNPACK keeps the fused softmax and reductions it takes by default.
-ONEDNN_DOT_FLAGS = {'xla_cpu_use_onednn': 'true', 'xla_cpu_experimental_onednn_fusion_type': 'dot'}
+INFERENCE_FLAGS = {'xla_cpu_experimental_ynn_fusion_type': '', 'xla_cpu_use_onednn': 'true',
+                   'xla_cpu_experimental_onednn_custom_call': 'true'}
+KEEP_DEFAULTS_ENV = 'SYNCHFORMER_XLA_CPU_DEFAULTS'
+
+# The vector extensions that decide which kernels XLA:CPU, oneDNN and torch use: /proc/cpuinfo flag -> name.
+ISA_FLAGS = {'avx2': 'AVX2', 'avx512f': 'AVX-512', 'avx512_bf16': 'AVX512-BF16', 'amx_tile': 'AMX'}
 
 
-def use_onednn_dots() -> list[str]:
-  """Adds `ONEDNN_DOT_FLAGS` to XLA_FLAGS (those not set there already); returns the flags added.
+def cpu_info(key: str) -> str | None:
+  """The first `key` line of /proc/cpuinfo (Linux), or None."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((line.split(':', 1)[1].strip() for line in f if line.startswith(key)), None)
+  except OSError:
+    return None
 
-  Raises RuntimeError when JAX's backends are already initialised (the flags would be ignored).
-  """
+
+@functools.cache
+def cpu_isa() -> tuple[str, ...]:
+  """The CPU's vector extensions among `ISA_FLAGS`, by name ('AVX2', 'AVX-512', 'AVX512-BF16', 'AMX')."""
+  flags = set((cpu_info('flags') or '').split())
+  return tuple(name for flag, name in ISA_FLAGS.items() if flag in flags)
+
+
+def has_bf16_matmul_units() -> bool:
+  """AMX tiles or AVX512-BF16: bfloat16 products run faster than float32 ones (without them, slower)."""
+  return bool({'AMX', 'AVX512-BF16'} & set(cpu_isa()))
+
+
+def backends_initialised() -> bool:
   from jax._src import xla_bridge  # the public API has no "backends initialised?" query
-  if xla_bridge.backends_are_initialized():
-    raise RuntimeError('use_onednn_dots: JAX backends are already initialised; call it before any JAX computation')
+  return xla_bridge.backends_are_initialized()
+
+
+def inference_flags_set() -> bool:
+  """Whether XLA_FLAGS holds every one of `INFERENCE_FLAGS` (or the user keeps XLA's defaults on purpose)."""
   current = os.environ.get('XLA_FLAGS', '')
-  added = [f'--{name}={value}' for name, value in ONEDNN_DOT_FLAGS.items() if f'--{name}=' not in current]
+  return os.environ.get(KEEP_DEFAULTS_ENV) == '1' or all(f'--{name}=' in current for name in INFERENCE_FLAGS)
+
+
+def use_inference_flags() -> list[str]:
+  """Adds `INFERENCE_FLAGS` to XLA_FLAGS on x86 (oneDNN is x86-only), unless `SYNCHFORMER_XLA_CPU_DEFAULTS=1`.
+
+  Returns the flags added: none when they are set already, when the machine is not x86, or when JAX's backends
+  are initialised (too late: see `backends_initialised`).
+  """
+  if os.environ.get(KEEP_DEFAULTS_ENV) == '1' or platform.machine().lower() not in ('x86_64', 'amd64'):
+    return []
+  if backends_initialised():
+    return []
+  current = os.environ.get('XLA_FLAGS', '')
+  added = [f'--{name}={value}' for name, value in INFERENCE_FLAGS.items() if f'--{name}=' not in current]
   if added:
     os.environ['XLA_FLAGS'] = ' '.join([current, *added]).strip()
   return added

@@ -1,6 +1,8 @@
 """Loading and saving whole models as directories: `synchformer_jax.load(DIR)` / `synchformer_jax.save(...)`."""
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any
 
 import jax
@@ -8,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from synchformer_jax import checkpointing
+from synchformer_jax import checkpointing, cpu
 from synchformer_jax.models import TARGETS, Buffer, build_target, stored_variables, target_of
 from synchformer_jax.models.config import ModelConfig, ModelConfigError, SparseSyncConfig, config_from_dict
 
@@ -26,6 +28,15 @@ def save_variables(variables: dict[str, np.ndarray], directory: str, target: str
   """Writes a target's variables (dotted path → array, as `stored_variables` names them) as a model directory."""
   metadata = {'target': target, 'config': cfg.to_dict(), 'provenance': provenance or {}}
   checkpointing.save_model_dir(directory, variables, metadata, overwrite=overwrite)
+
+
+@functools.cache
+def _use_inference_flags() -> None:
+  """XLA:CPU's inference settings (`cpu.INFERENCE_FLAGS`), or once a warning that JAX started without them."""
+  if not cpu.use_inference_flags() and cpu.backends_initialised() and not cpu.inference_flags_set():
+    warnings.warn('synchformer_jax.load: JAX was initialised before the CPU inference settings could be applied, '
+                  'so CPU inference runs up to 28 % slower: load the model (or call '
+                  'synchformer_jax.cpu.use_inference_flags()) before the first JAX computation', stacklevel=3)
 
 
 def read_config(directory: str) -> tuple[str, ModelConfig | SparseSyncConfig]:
@@ -76,6 +87,7 @@ def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Modu
   `dtype` ('float32' / 'bfloat16') overrides the compute dtype; parameters stay float32. Parameters are
   placed as the restore gives them; only the dropout RNG state is made fresh.
   """
+  _use_inference_flags()
   target, cfg = read_config(directory)
   if dtype is not None:
     cfg = cfg.replace(dtype=dtype)

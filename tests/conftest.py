@@ -58,6 +58,10 @@ _CACHE_DIR_ENV = 'JAX_COMPILATION_CACHE_DIR'
 
 
 def pytest_configure(config):
+  # The tests run XLA:CPU as inference does by default (`synchformer_jax.cpu`), in this process and in those it
+  # starts; before any test module initialises JAX.
+  from synchformer_jax import cpu
+  cpu.use_inference_flags()
   if hasattr(config, 'workerinput') or os.environ.get(_CACHE_DIR_ENV):
     return  # an xdist worker inherits the controller's environment; a cache the caller chose is kept
   directory = tempfile.mkdtemp(prefix='synchformer_jax_xla_cache_')

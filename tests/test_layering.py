@@ -3,7 +3,8 @@
   constants, errors                      the task's facts and the bad-input error: import nothing of the package
   models | data | metrics | plots        independent of each other (data also imports no JAX)
   sharding | checkpointing | pretrained  device placement; orbax; model directories
-  conversion                             PyTorch checkpoints (the only importer of torch)
+  conversion                             PyTorch checkpoints (torch: here, in torch_exec and benchmarks)
+  torch_exec                             a jaxpr run by torch kernels (CPU bfloat16 inference)
   train | inference                      neither imports the other
   scaling                                sweeps over the trainer, and their fits
   benchmarks                             on top; scripts are thin entry points above it all
@@ -18,17 +19,18 @@ ALLOWED = {
     'constants': set(), 'errors': set(), 'cpu': set(), 'sharding': set(), 'plots': set(),
     'models': BASE, 'data': BASE, 'metrics': BASE,
     'checkpointing': BASE,
-    'pretrained': BASE | {'models', 'checkpointing'},
+    'pretrained': BASE | {'models', 'checkpointing', 'cpu'},
+    'torch_exec': BASE | {'models'},
     'conversion': BASE | {'models', 'checkpointing', 'pretrained'},
     'train': BASE | {'models', 'data', 'metrics', 'plots', 'sharding', 'checkpointing', 'pretrained'},
-    'inference': BASE | {'models', 'data', 'metrics', 'plots', 'checkpointing', 'pretrained'},
+    'inference': BASE | {'models', 'data', 'metrics', 'plots', 'checkpointing', 'pretrained', 'cpu', 'torch_exec'},
     'scaling': BASE | {'models', 'plots', 'train'},
     'benchmarks': BASE | {'models', 'data', 'metrics', 'plots', 'sharding', 'checkpointing', 'pretrained', 'train',
-                          'inference'},
+                          'inference', 'conversion', 'cpu', 'torch_exec'},
     '__init__': {'pretrained'},
 }
 # Third-party packages only some components may import.
-RESTRICTED = {'orbax': {'checkpointing'}, 'torch': {'conversion'}, 'matplotlib': {'plots'},
+RESTRICTED = {'orbax': {'checkpointing'}, 'torch': {'conversion', 'torch_exec', 'benchmarks'}, 'matplotlib': {'plots'},
               'tensorboardX': {'train'}}
 NOT_IN_DATA = ('jax', 'jaxlib', 'flax', 'optax', 'absl')
 
@@ -91,5 +93,5 @@ def test_forbidden_edges_are_found(tmp_path):
       'data/loader.py:2 imports synchformer_jax.models: data may not import models',
       "scratch.py: component 'scratch' has no place in the layering",
       'train/loop.py:2 imports synchformer_jax.inference: train may not import inference',
-      "train/loop.py:3 imports torch: only ['conversion'] may import torch",
+      "train/loop.py:3 imports torch: only ['benchmarks', 'conversion', 'torch_exec'] may import torch",
   ]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from synchformer_jax import cpu
 from synchformer_jax.constants import TARGET_KEY
 from synchformer_jax.models.config import ModelConfig
 
@@ -26,24 +27,10 @@ def peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def _cpu_info(key: str) -> str | None:
-  """The first `key` line of /proc/cpuinfo (Linux), or None."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next((line.split(':', 1)[1].strip() for line in f if line.startswith(key)), None)
-  except OSError:
-    return None
-
-
-# The vector extensions that decide which kernels XLA:CPU and oneDNN use, as /proc/cpuinfo flags and by name.
-_ISA_FLAGS = {'avx2': 'AVX2', 'avx512f': 'AVX-512', 'avx512_bf16': 'AVX512-BF16', 'amx_tile': 'AMX'}
-
-
 def _cpu_model() -> str:
   """The CPU's model name with its vector ISA ('AMD EPYC, AVX2 AVX-512 AVX512-BF16'), so that a row says both."""
-  model = _cpu_info('model name') or platform.processor() or platform.machine()
-  flags = set((_cpu_info('flags') or '').split())
-  isa = ' '.join(name for flag, name in _ISA_FLAGS.items() if flag in flags)
+  model = cpu.cpu_info('model name') or platform.processor() or platform.machine()
+  isa = ' '.join(cpu.cpu_isa())
   return f'{model}, {isa}' if isa else model
 
 

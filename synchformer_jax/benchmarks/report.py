@@ -17,8 +17,12 @@ def markdown_row(result: dict[str, Any]) -> str:
   numbers = []
   if 'error' in r:
     numbers.append(f"failed: {r['error']}")
+  if 'engine' in r:
+    numbers.append(f"engine {r['engine']}")
   if 'compile_s' in r:
     numbers.append(f"compile {r['compile_s']:.1f} s")
+  if 'first_call_s' in r:
+    numbers.append(f"first call {r['first_call_s']:.1f} s")
   if 'steady_s_median' in r:
     numbers.append(f"steady {r['steady_s_median']:.2f} s ({', '.join(f'{t:.2f}' for t in r['steady_s_all'])}), "
                    f"CPU {100 * r['cpu_utilisation']:.0f} %")

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from synchformer_jax import sharding
@@ -15,7 +16,9 @@ from synchformer_jax.benchmarks import head_diagnosis as head_diagnosis_lib
 from synchformer_jax.benchmarks import head_probe as head_probe_lib
 from synchformer_jax.benchmarks.harness import batch_shapes, peak_rss_gib, random_batch, time_calls, time_compiled, xla_analyses
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
-from synchformer_jax.models import build_model
+from synchformer_jax.conversion.convert import to_original_state_dict
+from synchformer_jax.inference import executor
+from synchformer_jax.models import build_model, stored_variables
 from synchformer_jax.models.config import ModelConfig, SparseSyncConfig, config_for_size
 from synchformer_jax.models.flops import forward_flops
 from synchformer_jax.train import input_pipeline, trainer
@@ -23,22 +26,63 @@ from synchformer_jax.train.config import base_config
 from synchformer_jax.train.mfu import flops_and_mfu, train_step_flops
 
 
-def stage2_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-  """Times a Stage II (or synchronizability, or SparseSync) eval forward on random inputs of the config's shapes.
-
-  At batch 1 this is the inference latency of one window (14 segments: 4.8 s of video; SparseSync: one 5 s clip).
-  """
+def _random_eval_model(cfg: ModelConfig, seed: int) -> nnx.Module:
   # Created as a training run creates it (one compiled initialisation: eagerly, SparseSync's many kernel shapes
   # would each compile their own).
   model = sharding.create_sharded(lambda: build_model(cfg, seed), sharding.make_mesh({'data': 1}, jax.devices()[:1]))
   model.eval()
-  graphdef, state = nnx.split(model)
+  return model
+
+
+def stage2_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+  """Times a Stage II (or synchronizability, or SparseSync) eval forward on random inputs of the config's shapes,
+  on the engine inference chooses (`inference.executor`: XLA, AOT-compiled; or torch kernels, traced at the
+  first call, whose time is reported as `first_call_s`).
+
+  At batch 1 this is the inference latency of one window (14 segments: 4.8 s of video; SparseSync: one 5 s clip).
+  """
+  graphdef, state = nnx.split(_random_eval_model(cfg, seed))
   inputs = random_batch(cfg, batch, seed)
 
   def forward(state, video, audio):
     return nnx.merge(graphdef, state)(video, audio)[0]
 
-  result = time_compiled(forward, state, jnp.asarray(inputs['video']), jnp.asarray(inputs['audio']), repeats=repeats)
+  args = (state, jnp.asarray(inputs['video']), jnp.asarray(inputs['audio']))
+  call = executor.ModelCall(forward)
+  engine = call.engine(*args)
+  if engine == 'xla':
+    result = time_compiled(forward, *args, repeats=repeats)
+  else:
+    start = time.perf_counter()
+    jax.block_until_ready(call(*args))
+    result = {'first_call_s': time.perf_counter() - start, **time_calls(lambda: call(*args), repeats, warmup=0)}
+  return {'engine': engine, **result, **flops_and_mfu(forward_flops(cfg)['total'] * batch, result['steady_s_median']),
+          'peak_rss_gib': peak_rss_gib()}
+
+
+def original_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+  """Times the PyTorch mirror of the original Stage II forward (`torch_mirror`) on the same random model as
+  `stage2_forward`, exported to the original's state dict; `cfg.dtype` bfloat16 runs it under torch's CPU
+  autocast, as the original's mixed-precision evaluation does."""
+  import torch  # optional dependency: only this benchmark and the torch executor need it
+  from synchformer_jax.benchmarks.torch_mirror import MirrorSizes, SynchformerMirror
+  if cfg.kind != 'sync':
+    raise ValueError('original-forward: the mirror is of the Stage II (sync) model')
+  params = {k: v.get_value() for k, v in stored_variables(_random_eval_model(cfg, seed)).items()}
+  state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_original_state_dict('sync', cfg, params).items()}
+  del params
+  mirror = SynchformerMirror(state_dict, MirrorSizes(cfg.video.heads, cfg.audio.heads, cfg.transformer.heads))
+  inputs = random_batch(cfg, batch, seed)
+  video, audio = torch.from_numpy(inputs['video']), torch.from_numpy(inputs['audio'])
+
+  def call():
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=cfg.dtype == 'bfloat16'):
+      return mirror(video, audio)['logits']
+
+  start = time.perf_counter()
+  call()
+  result = {'engine': f'pytorch mirror, {torch.get_num_threads()} threads', 'first_call_s': time.perf_counter() - start,
+            **time_calls(call, repeats, warmup=0)}
   return {**result, **flops_and_mfu(forward_flops(cfg)['total'] * batch, result['steady_s_median']),
           'peak_rss_gib': peak_rss_gib()}
 

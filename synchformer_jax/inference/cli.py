@@ -4,13 +4,16 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from synchformer_jax import cpu
 from synchformer_jax.errors import InputError
 from synchformer_jax.inference.results import OffsetCurve, OffsetPrediction, OffsetSearch
 
 
 def run(main: Callable[[], int | None]) -> None:
   """Runs a script's main; a bad input (file, checkpoint, value: an `InputError`) ends it with one line on
-  stderr and exit status 1. Any other error is a fault of the program and keeps its traceback."""
+  stderr and exit status 1. Any other error is a fault of the program and keeps its traceback.
+  XLA:CPU's inference settings are applied first, before anything starts JAX."""
+  cpu.use_inference_flags()
   try:
     status = main()
   except InputError as e:

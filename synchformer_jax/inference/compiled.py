@@ -10,14 +10,16 @@ import numpy as np
 from flax import nnx
 
 from synchformer_jax.errors import InputError
+from synchformer_jax.inference.executor import ModelCall
 
 DEFAULT_CHUNK_SIZE = 32
 
 
 @functools.cache
 def _compiled(graphdef: nnx.GraphDef, method: Callable) -> Callable:
-  """`method(module, *arrays)` jitted for one module structure; the module's state is an argument."""
-  return jax.jit(lambda state, *arrays: method(nnx.merge(graphdef, state), *arrays))
+  """`method(module, *arrays)` compiled for one module structure (the module's state is an argument), on the
+  engine `executor` chooses: XLA, or torch's kernels for bfloat16 on CPUs with bfloat16 matrix units."""
+  return ModelCall(lambda state, *arrays: method(nnx.merge(graphdef, state), *arrays))
 
 
 def bound_call(method: Callable, module: nnx.Module) -> Callable:

@@ -7,6 +7,7 @@ converter fuses the original's separate query/key/value weights where it has the
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -54,11 +55,40 @@ def dense(in_features: int, out_features: int, axes: tuple[str | None, str | Non
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)), rngs=rngs)
 
 
-def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+# Named computations: each is a `jax.jit` whose name (the jaxpr's `pjit` name) says what it computes, so the
+# CPU torch executor (`synchformer_jax.torch_exec`) can run it as one library kernel; XLA inlines them.
+ATTENTION_NAME = 'softmax_attention'
+LAYER_NORM_NAME = 'layer_norm'
+
+
+@functools.cache
+def _layer_norm(eps: float) -> Callable:
+  """LayerNorm over the last axis in float32 with the two-pass variance, as torch computes it (and in nnx's
+  order of operations), as a named jit whose name carries eps ('name:eps')."""
+  def norm(x, scale, bias):
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    variance = jnp.square(centred).mean(-1, keepdims=True)
+    return centred * (jax.lax.rsqrt(variance + eps) * scale) + bias
+  norm.__name__ = f'{LAYER_NORM_NAME}:{float(eps)!r}'
+  return jax.jit(norm)
+
+
+class LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` (same variables) computed by the named `_layer_norm`."""
+
+  def __call__(self, x: jax.Array, *, mask=None) -> jax.Array:
+    if mask is not None:
+      raise ValueError('LayerNorm: masks are not used by these models')
+    return _layer_norm(self.epsilon)(x, self.scale[...], self.bias[...])
+
+
+def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs) -> LayerNorm:
   # Statistics in float32 with the two-pass variance, as torch computes them.
-  return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=jnp.float32,
-                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ('embed',)),
-                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ('embed',)), rngs=rngs)
+  return LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=jnp.float32,
+                   scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ('embed',)),
+                   bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ('embed',)), rngs=rngs)
 
 
 def token(shape: Sequence[int], init: Initializer, rngs: nnx.Rngs) -> nnx.Param:
@@ -67,8 +97,21 @@ def token(shape: Sequence[int], init: Initializer, rngs: nnx.Rngs) -> nnx.Param:
   return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), out_sharding=axes)
 
 
-def gelu(x: jax.Array) -> jax.Array:
+def exact_gelu(x: jax.Array) -> jax.Array:
   return jax.nn.gelu(x, approximate=False)  # torch's nn.GELU is the exact erf form
+
+
+gelu = jax.jit(exact_gelu)
+GELU_NAME = exact_gelu.__name__
+
+
+@functools.cache
+def _softmax_attention(scale: float, implementation: str | None) -> Callable:
+  """Softmax attention with a fixed scale, as a named jit whose name carries the scale ('name:scale')."""
+  def attention(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+  attention.__name__ = f'{ATTENTION_NAME}:{float(scale)!r}'
+  return jax.jit(attention)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, dropout: nnx.Dropout | None = None,
@@ -81,7 +124,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, dropout: n
   if dropout is None or dropout.deterministic or dropout.rate == 0.0:
     if implementation == 'cudnn' and q.dtype == jnp.float32:
       implementation = None  # cuDNN flash attention takes half precision only
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    return _softmax_attention(float(scale), implementation)(q, k, v)
   return weighted_values(dropout(attention_weights(q, k, scale=scale)), v)
 
 
