@@ -104,10 +104,33 @@ def _slice(x, *, start_indices, limit_indices, strides=None, **_):
   return x[tuple(slice(s, e, k) for s, e, k in zip(start_indices, limit_indices, steps))]
 
 
+def _dynamic_slice(x, *starts, slice_sizes):
+  # XLA clamps each start so that the slice lies inside the operand.
+  bounds = [min(max(int(start), 0), n - size) for start, n, size in zip(starts, x.shape, slice_sizes)]
+  return x[tuple(slice(b, b + size) for b, size in zip(bounds, slice_sizes))]
+
+
 def _pad(x, padding_value, *, padding_config, **_):
   if any(interior for _, _, interior in padding_config):
     raise UnsupportedPrimitive('pad with interior padding')
   return F.pad(x, [v for lo, hi, _ in reversed(padding_config) for v in (lo, hi)], value=float(padding_value))
+
+
+def _reduce_window_max(x, *, window_dimensions, window_strides, padding, base_dilation, window_dilation):
+  """Max pooling over the axes that have a window (at most three), the other axes folded into channels."""
+  active = [d for d in range(x.ndim) if window_dimensions[d] > 1 or window_strides[d] > 1 or any(padding[d])]
+  if any(b != 1 for b in base_dilation) or not 1 <= len(active) <= 3:
+    raise UnsupportedPrimitive('reduce_window_max with base dilation or over more than three axes')
+  passive = [d for d in range(x.ndim) if d not in active]
+  y = x.permute(passive + active)
+  passive_shape = y.shape[:len(passive)]
+  y = y.reshape(1, -1, *y.shape[len(passive):])
+  y = F.pad(y, [v for d in reversed(active) for v in padding[d]], value=float('-inf'))
+  pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(active) - 1]
+  y = pool(y, [window_dimensions[d] for d in active], [window_strides[d] for d in active],
+           dilation=[window_dilation[d] for d in active])
+  y = y.reshape(*passive_shape, *y.shape[2:])
+  return y.permute([(passive + active).index(d) for d in range(x.ndim)])
 
 
 def _reduce(fn):
@@ -140,6 +163,42 @@ def _argmax(x, *, axes, index_dtype):
   return torch.argmax(x, dim=axes[0]).to(torch_dtype(index_dtype))
 
 
+def _gather(operand, indices, *, dimension_numbers, slice_sizes, mode, fill_value=None, **_):
+  """`lax.gather` as one advanced index: an index tensor per operand axis over (batch..., window...)."""
+  dims = dimension_numbers
+  batch_shape = tuple(indices.shape[:-1])
+  window = [d for d in range(operand.ndim) if d not in dims.collapsed_slice_dims + dims.operand_batching_dims]
+  nb, nw = len(batch_shape), len(window)
+  in_bounds = torch.ones(batch_shape, dtype=torch.bool)
+  axes = []
+  for d in range(operand.ndim):
+    if d in dims.start_index_map:
+      start = indices[..., dims.start_index_map.index(d)].long()
+      limit = operand.shape[d] - slice_sizes[d]
+      in_bounds &= (start >= 0) & (start <= limit)
+      start = start.clamp(0, limit)
+    elif d in dims.operand_batching_dims:
+      batch_axis = dims.start_indices_batching_dims[dims.operand_batching_dims.index(d)]
+      start = _iota(dtype=jnp.int64, shape=batch_shape, dimension=batch_axis)
+    else:
+      start = torch.zeros(batch_shape, dtype=torch.long)
+    index = start.reshape(batch_shape + (1,) * nw)
+    if d in window:
+      offsets = [1] * (nb + nw)
+      offsets[nb + window.index(d)] = slice_sizes[d]
+      index = index + torch.arange(slice_sizes[d]).reshape(offsets)
+    axes.append(index)
+  result = operand[tuple(axes)]
+  if mode == jax.lax.GatherScatterMode.FILL_OR_DROP:
+    if fill_value is None:  # lax's default fill: NaN for inexact types, the extreme value for integers
+      fill_value = (float('nan') if operand.is_floating_point() else
+                    torch.iinfo(operand.dtype).min if operand.dtype.is_signed else torch.iinfo(operand.dtype).max)
+    result = torch.where(in_bounds.reshape(batch_shape + (1,) * nw), result, fill_value)
+  batch_axes = iter(range(nb))
+  order = [nb + dims.offset_dims.index(i) if i in dims.offset_dims else next(batch_axes) for i in range(nb + nw)]
+  return result.permute(order)
+
+
 def _unary(fn):
   return lambda x, **_: fn(x)
 
@@ -161,14 +220,16 @@ PRIMITIVES: dict[str, Callable[..., Any]] = {
     'lt': torch.lt, 'gt': torch.gt, 'le': torch.le, 'ge': torch.ge, 'eq': torch.eq, 'ne': torch.ne,
     'reduce_sum': _reduce(torch.sum), 'reduce_max': _reduce(torch.amax), 'reduce_min': _reduce(torch.amin),
     'reduce_and': _reduce(torch.all), 'reduce_or': _reduce(torch.any), 'argmax': _argmax,
-    'dot_general': _dot_general, 'conv_general_dilated': _conv,
+    'reduce_window_max': _reduce_window_max,
+    'dot_general': _dot_general, 'conv_general_dilated': _conv, 'gather': _gather,
     'reshape': lambda x, *, new_sizes, **_: x.reshape(tuple(new_sizes)),
     'transpose': lambda x, *, permutation: x.permute(tuple(permutation)),
     'broadcast_in_dim': _broadcast_in_dim,
     'squeeze': lambda x, *, dimensions: x.squeeze(tuple(dimensions)) if dimensions else x,
     'concatenate': lambda *xs, dimension: torch.cat(xs, dim=dimension),
     'stack': lambda *xs, axis: torch.stack(xs, dim=axis),
-    'slice': _slice, 'pad': _pad, 'rev': lambda x, *, dimensions: torch.flip(x, tuple(dimensions)),
+    'slice': _slice, 'dynamic_slice': _dynamic_slice, 'pad': _pad,
+    'rev': lambda x, *, dimensions: torch.flip(x, tuple(dimensions)),
     'split': lambda x, *, sizes, axis: list(torch.split(x, tuple(sizes), dim=axis)),
     'convert_element_type': lambda x, *, new_dtype, **_: x.to(torch_dtype(new_dtype)),
     'select_n': _select_n, 'clamp': lambda lo, x, hi: torch.clamp(x, lo, hi), 'iota': _iota,

@@ -185,17 +185,21 @@ def _bf16_case_params():
   return [p for p in case_params() if with_full or 'full' not in p.id]
 
 
+@pytest.mark.parametrize('engine', ['xla', 'torch'])
 @pytest.mark.parametrize('case_dir', _bf16_case_params())
-def test_bf16_keeps_the_argmax_of_float32_on_the_parity_cases(case_dir, tmp_path):
-  """bf16 compute against float32 on the parity cases' weights and inputs; `pytest -s` prints the worst
-  difference (BENCHMARKS.md quotes them)."""
+def test_bf16_keeps_the_argmax_of_float32_on_the_parity_cases(case_dir, engine, tmp_path):
+  """bf16 compute, on XLA and on the CPU torch engine (inference's bfloat16 path on CPUs with AMX), against
+  float32 on XLA, on the parity cases' weights and inputs; `pytest -s` prints the worst difference
+  (BENCHMARKS.md quotes them)."""
+  if engine == 'torch':
+    require_torch()
   case, make_weights, model_dir = convert_case(case_dir, tmp_path)
   kind, name = case['kind'], _SCORES[case['kind']]
   inputs = make_weights.case_inputs(str(case_dir))
   fp32 = run_model(synchformer_jax.load(model_dir), kind, inputs, None)[name]
-  bf16 = run_model(synchformer_jax.load(model_dir, dtype='bfloat16'), kind, inputs, None)[name]
-  worst = float(np.abs(bf16 - fp32).max())
-  print(f'{case_dir.name}: bf16 vs float32 {name}: worst |diff| {worst:.3e}, max |float32| '
+  bf16 = run_model(synchformer_jax.load(model_dir, dtype='bfloat16'), kind, inputs, None, engine)[name]
+  worst = float(np.abs(bf16.astype(np.float32) - fp32).max())
+  print(f'{case_dir.name}: bf16 ({engine}) vs float32 {name}: worst |diff| {worst:.3e}, max |float32| '
         f'{float(np.abs(fp32).max()):.3e}')
   np.testing.assert_array_equal(bf16.argmax(-1), fp32.argmax(-1))
   assert worst < 0.05 * max(1.0, float(np.abs(fp32).max()))

@@ -52,6 +52,47 @@ def test_a_jaxpr_on_torch_gives_what_xla_gives():
                                rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_gathers_of_every_form_give_what_xla_gives():
+  """take_along_axis (batching dims), fancy and mixed indexing, dynamic slices, out-of-bounds fill and clip."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+  idx = jnp.asarray(rng.integers(-6, 6, size=(3, 5, 2)), jnp.int32)
+  row = jnp.asarray([4, 0, 2, 7], jnp.int32)
+  ints = jnp.arange(20, dtype=jnp.int32).reshape(4, 5)
+
+  def fn(x, idx, row, ints):
+    return {'along': jnp.take_along_axis(x, idx % 4, axis=2),
+            'along_fill': jnp.take_along_axis(x, idx, axis=2, mode='fill'),
+            'rows': x[:, row % 5], 'mixed': x[row % 3, :, row % 4], 'clip': jnp.take(x, row, axis=1, mode='clip'),
+            'fill': jnp.take(x, row, axis=1, mode='fill', fill_value=-1.0),
+            'ints_fill': jnp.take(ints, row, axis=0, mode='fill'),
+            'window': jax.lax.dynamic_slice(x, (row[0] % 2, row[2], 1), (2, 3, 2))}
+
+  expected = jax.jit(fn)(x, idx, row, ints)
+  got = torch_exec.TorchFunction(fn)(x, idx, row, ints)
+  for name in expected:
+    assert got[name].shape == expected[name].shape and got[name].dtype == expected[name].dtype, name
+    np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)
+
+
+def test_max_pools_give_what_xla_gives():
+  """Max pooling as SparseSync's S3D and ResNet use it: 3-D and 2-D windows, strides, padding, channels last."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 5, 9, 8, 3)), jnp.float32)
+
+  def fn(x):
+    return {'3d': nnx.max_pool(x, (3, 3, 3), (2, 2, 2), padding='SAME'),
+            '2d': nnx.max_pool(x[:, 0], (3, 3), (2, 2), padding=((1, 1), (1, 1))),
+            '1x3x3': nnx.max_pool(x, (1, 3, 3), (1, 2, 2), padding='VALID'),
+            'dilated': jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1, 1), (1, 1, 1, 1, 1), 'VALID',
+                                             window_dilation=(1, 2, 1, 1, 1))}
+
+  expected, got = jax.jit(fn)(x), torch_exec.TorchFunction(fn)(x)
+  for name in expected:
+    assert got[name].shape == expected[name].shape, name
+    np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]), err_msg=name)
+
+
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
 def test_named_kernels_match_their_jax_definitions(dtype, tol):
   """Attention, exact GELU and LayerNorm run as one torch kernel each (SDPA, F.gelu, F.layer_norm)."""

@@ -34,11 +34,17 @@ def _cpu_model() -> str:
   return f'{model}, {isa}' if isa else model
 
 
+# Variables that cap the ISA of torch's kernel libraries below the CPU's (oneDNN, MKL, ATen's own vector kernels);
+# with XLA_FLAGS=--xla_cpu_max_isa=... they emulate an older CPU, so a row run under them says so.
+ISA_CAP_VARIABLES = ('ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS', 'ATEN_CPU_CAPABILITY')
+
+
 def machine_description() -> dict[str, Any]:
   device = jax.devices()[0]
   return {'platform': device.platform, 'device': device.device_kind, 'n_devices': jax.device_count(),
           'cpu': _cpu_model(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-          'flax': flax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
+          'flax': flax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'isa_caps': {name: os.environ[name] for name in ISA_CAP_VARIABLES if name in os.environ}}
 
 
 def time_calls(call: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any]:

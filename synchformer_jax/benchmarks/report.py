@@ -48,4 +48,6 @@ def markdown_row(result: dict[str, Any]) -> str:
   machine = f"{m['cpu']} ×{m['cpu_count']} ({m['device']}), jax {m['jax']}"
   if m['xla_flags']:
     machine += f", XLA_FLAGS={m['xla_flags']}"
+  if m.get('isa_caps'):
+    machine += ', ' + ' '.join(f'{name}={value}' for name, value in m['isa_caps'].items())
   return f"| {r['benchmark']} | {setting} | {'; '.join(numbers)} | {machine} | {load} | `{r['command']}` |"

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 
+from synchformer_jax import cpu
 from synchformer_jax.benchmarks import harness, report, suites
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
 from synchformer_jax.models import flops
@@ -44,13 +45,16 @@ def test_train_step_benchmark_runs_the_real_step():
   assert result['xla_alias_gib'] > 0 and result['xla_peak_gib'] > 0
 
 
-def test_markdown_row_names_the_command_and_machine():
+def test_markdown_row_names_the_command_and_machine(monkeypatch):
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')  # an emulated older CPU is named in the row
   result = {'benchmark': 'flops', 'stage': 'sync', 'size': 'tiny', 'batch': 1, 'dtype': 'float32',
             'machine': harness.machine_description(), 'command': 'python scripts/benchmark.py flops',
             **suites.forward_flops_check(config_for_size('sync', 'tiny'))}
   row = report.markdown_row(result)
   assert row.startswith('| flops | sync tiny B=1 float32 |') and '`python scripts/benchmark.py flops`' in row
   assert 'analytic' in row and jax.__version__ in row
+  assert result['machine']['cpu'] in row and ' '.join(cpu.cpu_isa()) in row  # the ISA names, AMX included
+  assert 'ONEDNN_MAX_CPU_ISA=AVX2' in row
 
 
 def _benchmark_script():

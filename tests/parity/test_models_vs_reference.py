@@ -60,18 +60,26 @@ def _tolerance(case: dict, name: str, reference: np.ndarray) -> tuple[float, flo
   return 1e-4, 1e-4
 
 
-def run_model(model, kind: str, inputs: dict[str, np.ndarray], targets: np.ndarray | None) -> dict[str, np.ndarray]:
-  """The model's outputs under the reference's names."""
-  @nnx.jit
-  def forward(model, video, audio, targets):
+def run_model(model, kind: str, inputs: dict[str, np.ndarray], targets: np.ndarray | None,
+              engine: str = 'xla') -> dict[str, np.ndarray]:
+  """The model's outputs under the reference's names, run by XLA (`jax.jit`) or by the CPU torch engine
+  (`synchformer_jax.torch_exec`: the same jaxpr on torch's kernels, inputs and weights on the host)."""
+  graphdef, state = nnx.split(model)
+
+  def forward(state, video, audio, targets):
+    model = nnx.merge(graphdef, state)
     if kind == 'avclip':
       loss, aux = model(video, audio)
       return {**aux, 'loss': loss}
     logits, aux = model(video, audio, targets)
     return {**aux, 'logits': logits}
 
-  out = forward(model, jnp.asarray(inputs['video']), jnp.asarray(inputs['audio']),
-                None if targets is None else jnp.asarray(targets))
+  if engine == 'torch':
+    from synchformer_jax import torch_exec
+    fn, state = torch_exec.TorchFunction(forward), jax.device_get(state)
+  else:
+    fn = jax.jit(forward)
+  out = fn(state, np.asarray(inputs['video']), np.asarray(inputs['audio']), targets)
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -99,8 +107,26 @@ def convert_case(case_dir: Path, tmp_path: Path):
   return case, make_weights, str(tmp_path / 'model')
 
 
+def _torch_engine_case_params():
+  """The reduced-size cases; SYNCHFORMER_TORCH_ENGINE_FULL=1 adds the full-size ones (minutes each on the
+  torch engine: a measurement for BENCHMARKS.md rather than part of the suite's budget)."""
+  with_full = os.environ.get('SYNCHFORMER_TORCH_ENGINE_FULL') == '1'
+  return [p for p in case_params() if with_full or 'full' not in p.id]
+
+
 @pytest.mark.parametrize('case_dir', case_params())
 def test_model_vs_reference(case_dir, tmp_path):
+  _check_vs_reference(case_dir, tmp_path, 'xla')
+
+
+@pytest.mark.parametrize('case_dir', _torch_engine_case_params())
+def test_model_on_the_torch_engine_vs_reference(case_dir, tmp_path):
+  """The CPU torch engine (inference's bfloat16 path on CPUs with AMX), here in float32 at the same tolerances."""
+  require_torch()
+  _check_vs_reference(case_dir, tmp_path, 'torch')
+
+
+def _check_vs_reference(case_dir: Path, tmp_path: Path, engine: str):
   case, make_weights, model_dir = convert_case(case_dir, tmp_path)
   kind = case['kind']
   model = synchformer_jax.load(model_dir)
@@ -110,14 +136,14 @@ def test_model_vs_reference(case_dir, tmp_path):
 
   reference = dict(np.load(case_dir / 'outputs.npz'))
   targets = reference.pop('targets', None)
-  outputs = run_model(model, kind, make_weights.case_inputs(str(case_dir)), targets)
+  outputs = run_model(model, kind, make_weights.case_inputs(str(case_dir)), targets, engine)
   failures = []
   for name, ref in reference.items():
     got = outputs[name]
     assert got.shape == ref.shape, f'{name}: shape {got.shape}, reference {ref.shape}'
     atol, rtol = _tolerance(case, name, ref)
     worst = float(np.abs(got - ref).max(initial=0.0))
-    print(f'{case_dir.name}: {name:<16} worst |err| {worst:.3e} (atol {atol:.1e}, rtol {rtol:.0e})')
+    print(f'{case_dir.name} ({engine}): {name:<16} worst |err| {worst:.3e} (atol {atol:.1e}, rtol {rtol:.0e})')
     if not np.allclose(got, ref, atol=atol, rtol=rtol):
       failures.append(f'{name}: worst |err| {worst:.3e} exceeds atol {atol:.1e} / rtol {rtol:.0e}')
   assert not failures, '; '.join(failures)
