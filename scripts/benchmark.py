@@ -13,8 +13,11 @@ Runs on whatever JAX finds (CPU here); the row names the command, machine, versi
 stage2-forward runs as inference does: XLA with its CPU inference settings (synchformer_jax/cpu.py), or torch's
 kernels for bfloat16 on CPUs with AMX / AVX512-BF16 (synchformer_jax/inference/executor.py); `--executor` forces
 one, `--xla_cpu_defaults` keeps XLA's own settings. original-forward times the PyTorch mirror of the original's
-Stage II forward on the same random model (bfloat16: torch's CPU autocast):
+Stage II forward on the same random model (bfloat16: torch's CPU autocast), or both on one checkpoint, each
+process holding only what its own code needs (convert it first with scripts/convert_checkpoint.py):
   python scripts/benchmark.py original-forward --size full --batch 1 --dtype bfloat16
+  python scripts/benchmark.py original-forward --size full --checkpoint sync.pt
+  python scripts/benchmark.py stage2-forward --size full --model_dir models/sync
 """
 import argparse
 import json
@@ -43,6 +46,11 @@ def main(argv=None) -> int:
                       help="stage2-forward on CPU: the engine (auto: inference's choice)")
   parser.add_argument('--xla_cpu_defaults', action='store_true',
                       help="stage2-forward: XLA:CPU's own settings, not the inference ones")
+  parser.add_argument('--model_dir', help='stage2-forward: time this stored model (default: a random one)')
+  parser.add_argument('--checkpoint',
+                      help='original-forward: an original Stage II checkpoint to run (default: the random model)')
+  parser.add_argument('--profile', action='store_true',
+                      help="original-forward, stage2-forward on the torch engine: one more call under torch's profiler")
   parser.add_argument('--workers', type=int, default=0, help='loader: grain worker processes')
   parser.add_argument('--batches', type=int, default=10, help='loader: batches to time')
   parser.add_argument('--data_dir', default='data/generated', help='loader: where synthetic_sync is (built if absent)')
@@ -70,10 +78,12 @@ def main(argv=None) -> int:
              **({'attention_impl': args.attention_impl} if args.attention_impl else {})}
   if args.benchmark == 'stage2-forward':
     clip = {'frames': cfg.frames} if stage == 'sparsesync' else {'segments': cfg.transformer.n_segments}
-    measured = {**setting, **clip, **suites.stage2_forward(cfg, args.batch, args.repeats)}
+    measured = {**setting, **clip, **suites.stage2_forward(cfg, args.batch, args.repeats, model_dir=args.model_dir,
+                                                           profile=args.profile)}
   elif args.benchmark == 'original-forward':
     measured = {**setting, 'segments': cfg.transformer.n_segments,
-                **suites.original_forward(cfg, args.batch, args.repeats)}
+                **suites.original_forward(cfg, args.batch, args.repeats, checkpoint=args.checkpoint,
+                                          profile=args.profile)}
   elif args.benchmark == 'train-step':
     measured = {**setting, 'remat': args.remat and args.remat_policy,
                 **suites.train_step(cfg, args.batch, args.repeats, warmup=args.warmup)}

@@ -1,9 +1,9 @@
 """What this CPU can do, and the XLA:CPU settings that inference uses by default.
 
 XLA:CPU (jaxlib 0.10.2) hands plain dots to YNNPACK by default. On x86 CPUs, taking them away from YNNPACK and
-giving them to oneDNN's matmul custom call runs the full Stage II forward 28 % faster in float32 on an
-AVX-512 Xeon (BENCHMARKS.md, issue 18); only the order of float32 summation inside each dot changes, and the
-parity cases pass with it. `use_inference_flags()` adds those flags; `synchformer_jax.load` and the inference
+giving them to oneDNN's matmul custom call runs the full Stage II forward in float32 in 25 % less time on one
+core of an AMX Xeon (57.6 → 43.4 s; BENCHMARKS.md, issue 18); only the order of float32 summation inside each dot
+changes, and the parity cases pass with it. `use_inference_flags()` adds those flags; `synchformer_jax.load` and the inference
 scripts call it, so it is the default for CPU inference, not a flag a user must know.
 
 XLA reads its flags once, when JAX initialises its backends: after that, `use_inference_flags()` can only

@@ -64,6 +64,18 @@ def time_calls(call: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[s
           'cpu_utilisation': cpu_s / sum(times), 'load_average_1min': [load_before[0], os.getloadavg()[0]]}
 
 
+def torch_op_profile(call: Callable[[], Any], top: int = 10) -> list[dict[str, Any]]:
+  """One more call under torch's profiler: the `top` operations by self CPU time, with their share of it (for the
+  torch engines: the original's mirror and `torch_exec`)."""
+  import torch  # optional dependency: only the torch engines are profiled this way
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    jax.block_until_ready(call())
+  events = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+  total = sum(e.self_cpu_time_total for e in events)
+  return [{'op': e.key, 'calls': e.count, 'self_s': e.self_cpu_time_total / 1e6,
+           'share': e.self_cpu_time_total / total} for e in events[:top]]
+
+
 def xla_analyses(compiled) -> dict[str, Any]:
   """FLOPs and memory of a compiled executable, from XLA's cost and memory analyses."""
   cost = compiled.cost_analysis()

@@ -43,6 +43,8 @@ def markdown_row(result: dict[str, Any]) -> str:
     numbers.append(f"XLA peak {_gib(r['xla_peak_gib'])} (temp {_gib(r['xla_temp_gib'])})")
   if 'peak_rss_gib' in r:
     numbers.append(f"peak RSS {_gib(r['peak_rss_gib'])}")
+  if r.get('profile'):
+    numbers.append('most time in ' + ', '.join(f"{p['op']} {100 * p['share']:.0f} %" for p in r['profile'][:4]))
   load = r.get('load_average_1min')
   load = '–'.join(f'{x:.1f}' for x in load) if isinstance(load, list) else (f'{load:.1f}' if load else '—')
   machine = f"{m['cpu']} ×{m['cpu_count']} ({m['device']}), jax {m['jax']}"

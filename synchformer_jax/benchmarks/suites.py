@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from synchformer_jax import sharding
+from synchformer_jax import pretrained, sharding
 from synchformer_jax.benchmarks import head_diagnosis as head_diagnosis_lib
 from synchformer_jax.benchmarks import head_probe as head_probe_lib
-from synchformer_jax.benchmarks.harness import batch_shapes, peak_rss_gib, random_batch, time_calls, time_compiled, xla_analyses
+from synchformer_jax.benchmarks.harness import (batch_shapes, peak_rss_gib, random_batch, time_calls, time_compiled,
+                                              torch_op_profile, xla_analyses)
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
-from synchformer_jax.conversion.convert import to_original_state_dict
+from synchformer_jax.conversion.convert import read_source, to_original_state_dict
+from synchformer_jax.errors import InputError
 from synchformer_jax.inference import executor
 from synchformer_jax.models import build_model, stored_variables
 from synchformer_jax.models.config import ModelConfig, SparseSyncConfig, config_for_size
@@ -34,14 +36,25 @@ def _random_eval_model(cfg: ModelConfig, seed: int) -> nnx.Module:
   return model
 
 
-def stage2_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+def stage2_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0,
+                   model_dir: str | None = None, profile: bool = False) -> dict[str, Any]:
   """Times a Stage II (or synchronizability, or SparseSync) eval forward on random inputs of the config's shapes,
   on the engine inference chooses (`inference.executor`: XLA, AOT-compiled; or torch kernels, traced at the
-  first call, whose time is reported as `first_call_s`).
+  first call, whose time is reported as `first_call_s`). The model is random, or with `model_dir` the stored
+  one loaded as users load it (`synchformer_jax.load`; its config must be `cfg`, the dtype aside). `profile`
+  adds one profiled call's top operations (`harness.torch_op_profile`; the torch engine only).
 
   At batch 1 this is the inference latency of one window (14 segments: 4.8 s of video; SparseSync: one 5 s clip).
   """
-  graphdef, state = nnx.split(_random_eval_model(cfg, seed))
+  if model_dir is None:
+    model = _random_eval_model(cfg, seed)
+  else:
+    _, stored_cfg = pretrained.read_config(model_dir)
+    if stored_cfg.replace(dtype=cfg.dtype) != cfg:
+      raise InputError(f'--model_dir {model_dir}: its model is not the {cfg.kind} model of --stage/--size')
+    model = pretrained.load(model_dir, dtype=cfg.dtype)
+  graphdef, state = nnx.split(model)
+  del model
   inputs = random_batch(cfg, batch, seed)
 
   def forward(state, video, audio):
@@ -50,27 +63,43 @@ def stage2_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int
   args = (state, jnp.asarray(inputs['video']), jnp.asarray(inputs['audio']))
   call = executor.ModelCall(forward)
   engine = call.engine(*args)
+  if profile and engine != 'torch':
+    raise InputError('--profile: only the torch engine is profiled (--executor torch, or bfloat16 on an AMX CPU)')
   if engine == 'xla':
     result = time_compiled(forward, *args, repeats=repeats)
   else:
     start = time.perf_counter()
     jax.block_until_ready(call(*args))
     result = {'first_call_s': time.perf_counter() - start, **time_calls(lambda: call(*args), repeats, warmup=0)}
+    if profile:
+      result['profile'] = torch_op_profile(lambda: call(*args))
   return {'engine': engine, **result, **flops_and_mfu(forward_flops(cfg)['total'] * batch, result['steady_s_median']),
           'peak_rss_gib': peak_rss_gib()}
 
 
-def original_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+def original_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: int = 0,
+                     checkpoint: str | None = None, profile: bool = False) -> dict[str, Any]:
   """Times the PyTorch mirror of the original Stage II forward (`torch_mirror`) on the same random model as
-  `stage2_forward`, exported to the original's state dict; `cfg.dtype` bfloat16 runs it under torch's CPU
-  autocast, as the original's mixed-precision evaluation does."""
+  `stage2_forward`, exported to the original's state dict, or with `checkpoint` on an original Stage II
+  checkpoint file (then no JAX model is built: the process holds what the original's would). `cfg.dtype`
+  bfloat16 runs it under torch's CPU autocast, as the original's mixed-precision evaluation does. `profile` adds
+  one profiled call's top operations."""
   import torch  # optional dependency: only this benchmark and the torch executor need it
   from synchformer_jax.benchmarks.torch_mirror import MirrorSizes, SynchformerMirror
   if cfg.kind != 'sync':
     raise ValueError('original-forward: the mirror is of the Stage II (sync) model')
-  params = {k: v.get_value() for k, v in stored_variables(_random_eval_model(cfg, seed)).items()}
-  state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_original_state_dict('sync', cfg, params).items()}
-  del params
+  if checkpoint is None:
+    params = {k: v.get_value() for k, v in stored_variables(_random_eval_model(cfg, seed)).items()}
+    arrays = to_original_state_dict('sync', cfg, params)
+    del params
+  else:
+    source = read_source(checkpoint)
+    if source.kind != 'sync':
+      raise InputError(f'--checkpoint {checkpoint}: expected an original Stage II (sync) checkpoint, '
+                       f'found {source.kind}')
+    arrays = source.state_dict
+  state_dict = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+  del arrays
   mirror = SynchformerMirror(state_dict, MirrorSizes(cfg.video.heads, cfg.audio.heads, cfg.transformer.heads))
   inputs = random_batch(cfg, batch, seed)
   video, audio = torch.from_numpy(inputs['video']), torch.from_numpy(inputs['audio'])
@@ -83,6 +112,8 @@ def original_forward(cfg: ModelConfig, batch: int = 1, repeats: int = 3, seed: i
   call()
   result = {'engine': f'pytorch mirror, {torch.get_num_threads()} threads', 'first_call_s': time.perf_counter() - start,
             **time_calls(call, repeats, warmup=0)}
+  if profile:
+    result['profile'] = torch_op_profile(call)
   return {**result, **flops_and_mfu(forward_flops(cfg)['total'] * batch, result['steady_s_median']),
           'peak_rss_gib': peak_rss_gib()}
 

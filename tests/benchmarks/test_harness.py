@@ -5,14 +5,23 @@ import json
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from synchformer_jax import cpu
 from synchformer_jax.benchmarks import harness, report, suites
+from synchformer_jax.errors import InputError
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
 from synchformer_jax.models import flops
 from synchformer_jax.models.config import config_for_size
 from synchformer_jax.train import mfu
-from tests.conftest import REPO_ROOT
+from synchformer_jax.inference import executor
+from tests.conftest import REPO_ROOT, require_torch
+
+
+@pytest.fixture(autouse=True)
+def _restore_executor_setting(monkeypatch):
+  # scripts/benchmark.py sets the engine for its process; here it runs in pytest's, so undo it after each test
+  monkeypatch.setenv(executor.EXECUTOR_ENV, 'auto')
 
 
 def test_step_flops_counts_a_matmul():
@@ -73,4 +82,28 @@ def test_the_sparsesync_forward_benchmark_runs(capsys):
   assert result['compile_s'] > 0 and result['xla_peak_gib'] > 0 and result['peak_rss_gib'] > 0
   assert result['analytic_flops'] == flops.forward_flops(config_for_size('sparsesync', 'tiny'))['total']
   row = text.splitlines()[-1]
-  assert row.startswith('| stage2-forward | sparsesync tiny B=1 float32 | compile ') and result['machine']['cpu'] in row
+  assert row.startswith('| stage2-forward | sparsesync tiny B=1 float32 | engine xla; compile ') and result['machine']['cpu'] in row
+
+
+def test_the_forward_benchmarks_run_on_one_stored_model_each_on_its_own_side(tmp_path, capsys):
+  """stage2-forward on a model directory and original-forward on the same model as an original checkpoint, both
+  profiled (torch's top operations); a directory of another architecture is refused by name, and so is a
+  profile of the XLA engine."""
+  require_torch()
+  import synchformer_jax
+  from synchformer_jax.conversion import export_torch_checkpoint
+  from synchformer_jax.models import build_model
+  cfg = config_for_size('sync', 'tiny')
+  synchformer_jax.save(build_model(cfg, 0), str(tmp_path / 'model'), cfg)
+  export_torch_checkpoint(str(tmp_path / 'model'), str(tmp_path / 'sync.pt'))
+  model_dir = ['stage2-forward', '--model_dir', str(tmp_path / 'model')]
+  for argv in ([*model_dir, '--executor', 'torch'], ['original-forward', '--checkpoint', str(tmp_path / 'sync.pt')]):
+    assert _benchmark_script().main([*argv, '--size', 'tiny', '--repeats', '1', '--profile']) == 0
+    text = capsys.readouterr().out
+    result = json.loads(text[:text.rindex('\n|')])
+    assert result['steady_s_median'] > 0 and 0 < sum(p['share'] for p in result['profile']) <= 1 + 1e-9
+    assert 'most time in aten::' in text.splitlines()[-1]
+  with pytest.raises(InputError, match='--model_dir .*model: its model is not the sync model'):
+    _benchmark_script().main([*model_dir, '--size', 'small'])
+  with pytest.raises(InputError, match='--profile: only the torch engine'):
+    _benchmark_script().main([*model_dir, '--size', 'tiny', '--executor', 'xla', '--profile'])
