@@ -12,6 +12,7 @@ keeps XLA's own defaults.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
@@ -43,6 +44,19 @@ def cpu_isa() -> tuple[str, ...]:
 def has_bf16_matmul_units() -> bool:
   """AMX tiles or AVX512-BF16: bfloat16 products run faster than float32 ones (without them, slower)."""
   return bool({'AMX', 'AVX512-BF16'} & set(cpu_isa()))
+
+
+def release_free_memory() -> None:
+  """Hands memory the process has freed back to the OS, where glibc's allocator holds it (Linux; elsewhere nothing).
+
+  glibc keeps freed blocks below its mmap threshold (which grows to 32 MiB) for reuse; restoring a model and tracing
+  it free many such blocks, and kept they add to the peak memory of the first forward (0.5 GiB for the full
+  Stage II model; BENCHMARKS.md, issue 18)."""
+  try:
+    trim = ctypes.CDLL(None).malloc_trim
+  except (OSError, AttributeError):  # not glibc
+    return
+  trim(0)
 
 
 def backends_initialised() -> bool:

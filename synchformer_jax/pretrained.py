@@ -85,7 +85,7 @@ def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Modu
   """The model stored in `directory`, in eval mode.
 
   `dtype` ('float32' / 'bfloat16') overrides the compute dtype; parameters stay float32. Parameters are
-  placed as the restore gives them; only the dropout RNG state is made fresh.
+  restored onto the first local device; only the dropout RNG state is made fresh.
   """
   _use_inference_flags()
   target, cfg = read_config(directory)
@@ -93,7 +93,10 @@ def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Modu
     cfg = cfg.replace(dtype=dtype)
   build = lambda: build_target(target, cfg, seed)
   abstract = nnx.eval_shape(build)
-  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stored_variables(abstract).items()}
+  # Restored straight onto the device: restoring to host arrays and then copying them would hold the
+  # parameters twice (for the full Stage II model 0.8 GiB more peak memory).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device) for k, v in stored_variables(abstract).items()}
   params = read_params(directory, shapes)
   graphdef = nnx.split(abstract, (nnx.Param, Buffer), ...)[0]
   # Building under jit and returning only the RNG state lets XLA drop the parameter initialisers.
@@ -101,7 +104,9 @@ def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Modu
   stored = nnx.state(abstract, (nnx.Param, Buffer))
   flat = nnx.to_flat_state(stored)
   for path, var in flat:
-    var.set_value(jnp.asarray(params['.'.join(map(str, path))]))
+    var.set_value(params['.'.join(map(str, path))])
   module = nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
   module.eval()
+  del params, abstract, stored, flat
+  cpu.release_free_memory()  # the restore's staging buffers
   return module

@@ -246,10 +246,17 @@ def _softmax_attention(scale: float):
   return attention
 
 
+def _affine(x, kernel, bias=None):
+  """`layers.affine_map` as one oneDNN matmul with the bias added in its epilogue (kernel (D, ...) as (D, E))."""
+  out = F.linear(x, kernel.reshape(kernel.shape[0], -1).t(), None if bias is None else bias.reshape(-1))
+  return [out.reshape(*x.shape[:-1], *kernel.shape[1:])]
+
+
 # Named jitted computations of the models (`models.layers`: the jit's name, then ':' and its one parameter)
 # run as one torch kernel each, instead of their primitives one by one.
 NAMED_KERNELS: dict[str, Callable[[str], Callable[..., list]]] = {
     layers.ATTENTION_NAME: lambda scale: _softmax_attention(float(scale)),
+    layers.AFFINE_NAME: lambda _: _affine,
     layers.GELU_NAME: lambda _: lambda x: [F.gelu(x)],
     layers.LAYER_NORM_NAME: lambda eps: lambda x, scale, bias: [
         F.layer_norm(x.float(), scale.shape, scale, bias, float(eps))],
@@ -372,11 +379,13 @@ class TorchFunction:
     self.fn = fn
     self._traces: dict[Any, tuple] = {}
 
-  def trace(self, *args):
+  def trace(self, *args, traced: tuple | None = None):
+    """The flat arguments and (jaxpr, constants, output tree) of this signature; `traced` is
+    `jax.make_jaxpr(fn, return_shape=True)(*args)` where the caller has it already."""
     leaves, treedef = jax.tree.flatten(args)
     key = (treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
     if key not in self._traces:
-      closed, out_shape = jax.make_jaxpr(self.fn, return_shape=True)(*args)
+      closed, out_shape = traced or jax.make_jaxpr(self.fn, return_shape=True)(*args)
       missing = unsupported_primitives(closed.jaxpr)
       if missing:
         raise UnsupportedPrimitive(f'no torch mapping for the JAX primitives {sorted(missing)}')

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -112,6 +113,8 @@ def test_stage2_checkpoint_with_omegaconf_args(sync_checkpoint, sync_sd, tmp_pat
   model = synchformer_jax.load(str(tmp_path / 'm'))
   for name, var in stored_variables(model).items():
     np.testing.assert_array_equal(np.asarray(var.get_value()), conversion.params[name], err_msg=name)
+    # restored onto the device, not as host arrays copied there (which would hold the parameters twice)
+    assert var.get_value().devices() == {jax.local_devices()[0]}, name
 
 
 @pytest.mark.parametrize('ddp_prefix', [True, False])

@@ -143,6 +143,17 @@ def test_the_engine_is_torch_only_for_bf16_products_on_cpus_with_bf16_units(monk
     executor.ModelCall(bf16).engine(x)
 
 
+def test_torch_is_imported_only_when_a_call_takes_the_torch_engine():
+  """Float32 inference leaves torch unloaded (its libraries are 0.2 GiB of the process's memory)."""
+  code = ('import sys, jax.numpy as jnp; from synchformer_jax import cpu; from synchformer_jax.inference import '
+          'executor; cpu.has_bf16_matmul_units = lambda: True; x = jnp.ones((4, 4)); '
+          'f32 = executor.ModelCall(lambda x: x @ x); f32(x); before = "torch" in sys.modules; '
+          'bf16 = executor.ModelCall(lambda x: x.astype(jnp.bfloat16) @ x.astype(jnp.bfloat16)); '
+          'print(f32.engine(x), before, bf16.engine(x), "torch" in sys.modules)')
+  on_cpu = jax.default_backend() == 'cpu'
+  assert _fresh_python(code).split() == ['xla', 'False', 'torch' if on_cpu else 'xla', str(on_cpu)]
+
+
 def test_the_tiny_stage2_model_gives_the_same_logits_on_either_engine(monkeypatch):
   """A whole model through inference's call path (`compiled.model_logits`), forced onto each engine."""
   from synchformer_jax import sharding

@@ -7,6 +7,7 @@ issue 18). The choice is made once per input signature, at its first call:
   cannot run); the default `auto` takes torch for CPU calls whose jaxpr has bfloat16 matrix products, on a CPU
   with AMX or AVX512-BF16, when torch is installed; everything else runs on XLA.
 - Float32 stays on XLA, which with `cpu.INFERENCE_FLAGS` is the faster engine there.
+torch is imported only when a call takes it (its libraries add about 0.2 GiB to a process's memory).
 """
 from __future__ import annotations
 
@@ -20,11 +21,6 @@ from jax.extend import core as jax_core
 
 from synchformer_jax import cpu
 from synchformer_jax.errors import InputError
-
-try:
-  from synchformer_jax import torch_exec
-except ImportError:  # torch is optional
-  torch_exec = None
 
 EXECUTOR_ENV = 'SYNCHFORMER_CPU_EXECUTOR'
 EXECUTORS = ('auto', 'xla', 'torch')
@@ -51,12 +47,22 @@ def has_bf16_products(jaxpr) -> bool:
   return False
 
 
+def _torch_exec():
+  """The torch engine's module, or None where torch is not installed (it is optional)."""
+  try:
+    from synchformer_jax import torch_exec
+  except ImportError:
+    return None
+  return torch_exec
+
+
 class ModelCall:
   """`fn(*arrays)` run by the engine chosen for each input signature (see the module docstring)."""
 
   def __init__(self, fn: Callable):
+    self.fn = fn
     self.jitted = jax.jit(fn)
-    self.torch = torch_exec.TorchFunction(fn) if torch_exec is not None else None
+    self.torch = None  # a torch_exec.TorchFunction, made when a signature first takes torch
     self.engines: dict = {}
 
   def engine(self, *args) -> str:
@@ -65,20 +71,32 @@ class ModelCall:
     key = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
     if key not in self.engines:
       self.engines[key] = self._choose(args)
+      cpu.release_free_memory()  # what tracing the function freed
     return self.engines[key]
 
   def _choose(self, args) -> str:
     setting = executor_setting()
-    if setting == 'xla' or self.torch is None or jax.default_backend() != 'cpu':
+    if setting == 'xla' or jax.default_backend() != 'cpu':
       return 'xla'
-    if setting == 'auto' and not cpu.has_bf16_matmul_units():
+    traced = None
+    if setting == 'auto':
+      if not cpu.has_bf16_matmul_units():
+        return 'xla'
+      # The jit's own trace: XLA reuses it when it compiles this signature.
+      jit_trace = self.jitted.trace(*args)
+      if not has_bf16_products(jit_trace.jaxpr.jaxpr):
+        return 'xla'
+      traced = jit_trace.jaxpr, jit_trace.out_info
+    torch_exec = _torch_exec()
+    if torch_exec is None:
       return 'xla'
+    self.torch = self.torch or torch_exec.TorchFunction(self.fn)
     try:
-      jaxpr = self.torch.trace(*args)[1][0]
+      self.torch.trace(*args, traced=traced)
     except torch_exec.UnsupportedPrimitive as e:
       _log.info('running on XLA: %s', e)
       return 'xla'
-    return 'torch' if setting == 'torch' or has_bf16_products(jaxpr) else 'xla'
+    return 'torch'
 
   def __call__(self, *args):
     return (self.torch if self.engine(*args) == 'torch' else self.jitted)(*args)

@@ -48,17 +48,35 @@ class Buffer(nnx.Variable):
   """A stored tensor that is not trained: kept so original checkpoints round-trip exactly."""
 
 
-def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, dtype, rngs: nnx.Rngs,
-          kernel_init: Initializer = trunc_normal_02, use_bias: bool = True) -> nnx.Linear:
-  return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=nnx.with_partitioning(kernel_init, axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)), rngs=rngs)
-
-
 # Named computations: each is a `jax.jit` whose name (the jaxpr's `pjit` name) says what it computes, so the
 # CPU torch executor (`synchformer_jax.torch_exec`) can run it as one library kernel; XLA inlines them.
 ATTENTION_NAME = 'softmax_attention'
 LAYER_NORM_NAME = 'layer_norm'
+
+
+def affine_map(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+  """x · kernel (+ bias): x's last axis contracted with the kernel's first; the bias has the kernel's other axes."""
+  y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  return y if bias is None else y + bias
+
+
+affine = jax.jit(affine_map)
+AFFINE_NAME = affine_map.__name__
+
+
+class Linear(nnx.Linear):
+  """`nnx.Linear` (same variables, same dtype promotion) computed by the named `affine`."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    bias = None if self.bias is None else self.bias[...]
+    return affine(*self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype))
+
+
+def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, dtype, rngs: nnx.Rngs,
+          kernel_init: Initializer = trunc_normal_02, use_bias: bool = True) -> Linear:
+  return Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=nnx.with_partitioning(kernel_init, axes),
+                bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)), rngs=rngs)
 
 
 @functools.cache
@@ -187,8 +205,7 @@ class QkvProjection(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel, bias = self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype)
-    return jnp.einsum('...d,dse->...se', x.astype(self.dtype), kernel) + bias
+    return affine(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype))
 
 
 class MultiHeadAttention(nnx.Module):
