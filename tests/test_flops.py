@@ -75,3 +75,19 @@ def test_sparsesync_analytic_flops_agree_with_xla(size):
   assert 0.97 < check['xla_over_analytic'] < 1.0
   if size == 'full':
     assert check['video_share'] == pytest.approx(0.943, abs=0.005)  # the S3D trunk
+
+
+def test_the_hlo_count_counts_a_computation_once_per_call():
+  """A named jit called from every block is one computation in the lowered module, called from each block."""
+  import jax
+  import jax.numpy as jnp
+  from synchformer_jax.benchmarks.hlo_flops import matmul_flops
+  from synchformer_jax.models import layers
+
+  def two_layers_and_a_dot(x, kernel, bias):
+    return layers.affine(layers.affine(x, kernel, bias), kernel, bias) @ kernel
+
+  x, kernel = jnp.ones((2, 4)), jnp.ones((4, 4))
+  hlo = jax.jit(two_layers_and_a_dot).lower(x, kernel, jnp.ones(4)).as_text(dialect='hlo')
+  assert hlo.count('dot(') == 2  # one in the shared computation, one in the entry
+  assert matmul_flops(hlo) == 3 * 2 * 2 * 4 * 4
