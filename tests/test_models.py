@@ -174,8 +174,8 @@ def test_invalid_configs_name_the_field():
     config_for_size('sync', 'huge')
 
 
-# What a parity case's model is judged on: Stage II logits, Stage I segment similarities.
-_SCORES = {'sync': 'logits', 'synchability': 'logits', 'avclip': 'segment_sim_v2a'}
+# What a parity case's model is judged on: Stage II (and SparseSync) logits, Stage I segment similarities.
+_SCORES = {'sync': 'logits', 'synchability': 'logits', 'sparsesync': 'logits', 'avclip': 'segment_sim_v2a'}
 
 
 def _bf16_case_params():
