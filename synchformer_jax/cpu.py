@@ -50,7 +50,7 @@ def release_free_memory() -> None:
   """Hands memory the process has freed back to the OS, where glibc's allocator holds it (Linux; elsewhere nothing).
 
   glibc keeps freed blocks below its mmap threshold (which grows to 32 MiB) for reuse; restoring a model and tracing
-  it free many such blocks, and kept they add to the peak memory of the first forward (0.5 GiB for the full
+  it free many such blocks, and kept they add to the peak memory of the first forward (0.3 GiB for the full
   Stage II model; BENCHMARKS.md, issue 18)."""
   try:
     trim = ctypes.CDLL(None).malloc_trim

@@ -82,7 +82,7 @@ class ModelCall:
     if setting == 'auto':
       if not cpu.has_bf16_matmul_units():
         return 'xla'
-      # The jit's own trace: XLA reuses it when it compiles this signature.
+      # The jit's own trace: JAX reuses it when it compiles this signature.
       jit_trace = self.jitted.trace(*args)
       if not has_bf16_products(jit_trace.jaxpr.jaxpr):
         return 'xla'
