@@ -106,6 +106,5 @@ def load(directory: str, *, dtype: str | None = None, seed: int = 0) -> nnx.Modu
     var.set_value(params['.'.join(map(str, path))])
   module = nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
   module.eval()
-  del params, abstract, stored, flat
   cpu.release_free_memory()  # the restore's staging buffers
   return module

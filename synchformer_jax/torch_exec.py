@@ -379,17 +379,17 @@ class TorchFunction:
     self.fn = fn
     self._traces: dict[Any, tuple] = {}
 
-  def trace(self, *args, traced: tuple | None = None):
+  def trace(self, *args, traced: jax.stages.Traced | None = None):
     """The flat arguments and (jaxpr, constants, output tree) of this signature; `traced` is
-    `jax.make_jaxpr(fn, return_shape=True)(*args)` where the caller has it already."""
+    `jax.jit(fn).trace(*args)` where the caller has it already."""
     leaves, treedef = jax.tree.flatten(args)
     key = (treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
     if key not in self._traces:
-      closed, out_shape = traced or jax.make_jaxpr(self.fn, return_shape=True)(*args)
-      missing = unsupported_primitives(closed.jaxpr)
+      traced = traced or jax.jit(self.fn).trace(*args)
+      missing = unsupported_primitives(traced.jaxpr.jaxpr)
       if missing:
         raise UnsupportedPrimitive(f'no torch mapping for the JAX primitives {sorted(missing)}')
-      self._traces[key] = (closed.jaxpr, [to_torch(c) for c in closed.consts], jax.tree.structure(out_shape))
+      self._traces[key] = (traced.jaxpr.jaxpr, [to_torch(c) for c in traced.jaxpr.consts], traced.out_tree)
     return leaves, self._traces[key]
 
   def __call__(self, *args):

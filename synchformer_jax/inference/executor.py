@@ -78,15 +78,12 @@ class ModelCall:
     setting = executor_setting()
     if setting == 'xla' or jax.default_backend() != 'cpu':
       return 'xla'
-    traced = None
-    if setting == 'auto':
-      if not cpu.has_bf16_matmul_units():
-        return 'xla'
-      # The jit's own trace: JAX reuses it when it compiles this signature.
-      jit_trace = self.jitted.trace(*args)
-      if not has_bf16_products(jit_trace.jaxpr.jaxpr):
-        return 'xla'
-      traced = jit_trace.jaxpr, jit_trace.out_info
+    if setting == 'auto' and not cpu.has_bf16_matmul_units():
+      return 'xla'
+    # The jit's own trace: JAX reuses it when it compiles this signature, and so does the torch engine.
+    traced = self.jitted.trace(*args)
+    if setting == 'auto' and not has_bf16_products(traced.jaxpr.jaxpr):
+      return 'xla'
     torch_exec = _torch_exec()
     if torch_exec is None:
       return 'xla'
