@@ -59,6 +59,12 @@ def main(argv=None) -> int:
   parser.add_argument('--layers', type=int, help="head-probe: global transformer layers (default: the size's)")
   parser.add_argument('--beacon_period', type=float, default=0.0,
                       help="head-probe: add the synthetic clips' dense cue with this period in s (0: events only)")
+  parser.add_argument('--recipe', default='',
+                      help="head-probe: changes to the original recipe, 'field=value,...' of HeadRecipe "
+                           "(benchmarks/head_recipes.py), e.g. 'position_init=token_time,shift_attention_weight=1'")
+  parser.add_argument('--seed', type=int, default=0, help='head-probe: model and simulation seed')
+  parser.add_argument('--audio_tokens', choices=['events', 'lagged_video', 'lagged_products'], default='events',
+                      help="head-probe: what the simulated audio tokens carry beside their events (diagnostics)")
   parser.add_argument('--at_steps', default='0,50,100,200,400',
                       help='head-diagnosis: the steps to measure at (0: initialisation); it trains to the last')
   parser.add_argument('--out', help='write the JSON result here as well')
@@ -94,7 +100,8 @@ def main(argv=None) -> int:
     measured = {**setting, **suites.head_diagnosis(cfg, args.batch, at_steps, args.learning_rate, args.layers)}
   elif args.benchmark == 'head-probe':
     measured = {**setting, **suites.head_probe(cfg, args.batch, args.steps, args.learning_rate, args.layers,
-                                                         args.beacon_period)}
+                                               args.beacon_period, recipe=args.recipe, seed=args.seed,
+                                               audio_tokens=args.audio_tokens)}
   else:
     measured = {**setting, 'workers': args.workers,
                 **suites.loader_benchmark(stage, args.size, args.batch, args.workers, args.batches, args.data_dir)}

@@ -137,5 +137,5 @@ def diagnose(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: int
       losses = []
       model.train()
     if step < steps:
-      losses.append(float(run.train_step(model, run.optimizer, windows.batch(batch_size))))
+      losses.append(float(run.train_step(model, run.optimizer, windows.batch(batch_size))[0]))
   return rows

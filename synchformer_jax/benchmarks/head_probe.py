@@ -23,58 +23,68 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from synchformer_jax import metrics
-from synchformer_jax.constants import (AUDIO_RATE, NUM_OFFSET_CLASSES, OFFSET_GRID, SYNC_SEGMENT_STRIDE_SEC, TARGET_KEY,
-                                       VIDEO_FPS)
-from synchformer_jax.data.audio import HOP_LENGTH
+from synchformer_jax.benchmarks import head_recipes
+from synchformer_jax.benchmarks.head_recipes import OFFSETS_SEC, HeadRecipe, token_times
+from synchformer_jax.constants import NUM_OFFSET_CLASSES, TARGET_KEY
 from synchformer_jax.models import build_model
 from synchformer_jax.models.config import ModelConfig
 from synchformer_jax.train import trainer
 from synchformer_jax.train.optim import make_optimizer
 
-MEL_HOP_SEC = HOP_LENGTH / AUDIO_RATE
-OFFSETS_SEC = OFFSET_GRID.astype(np.float64)
 
-
-def token_times(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-  """Centres, in seconds from the window's start, of the video (S, Tv) and audio (S, Ta) segment tokens."""
-  segments = SYNC_SEGMENT_STRIDE_SEC * np.arange(cfg.transformer.n_segments)[:, None]
-  tubelet = cfg.video.tubelet
-  video = segments + (tubelet * np.arange(cfg.video.time_tokens) + (tubelet - 1) / 2) / VIDEO_FPS
-  audio = segments + (cfg.audio.stride * np.arange(cfg.audio.time_tokens) + (cfg.audio.patch - 1) / 2) * MEL_HOP_SEC
-  return video, audio
+AUDIO_TOKEN_CONTENTS = ('events', 'lagged_video', 'lagged_products')
 
 
 class SimulatedEvents:
-  """Draws windows of simulated segment tokens: {'vfeat' (B, S, Tv, Dv), 'afeat' (B, S, Ta, Da), 'offset_target'}."""
+  """Draws windows of simulated segment tokens: {'vfeat' (B, S, Tv, Dv), 'afeat' (B, S, Ta, Da), 'offset_target'}.
+
+  `audio_tokens` other than 'events' are diagnostics that do part of the head's work in the input: with
+  'lagged_video' every audio token also carries the video's intensity at its own time plus each offset class's lag,
+  along one more random direction per class; with 'lagged_products' it carries instead the products of its own
+  intensity with those (the terms of the cross-correlation at every lag), which a head only has to pool.
+  """
 
   def __init__(self, cfg: ModelConfig, *, event_rate_hz: float = 1.5, decay_sec: float = 0.06, noise: float = 0.1,
-               beacon_period_sec: float = 0.0, seed: int = 0):
+               beacon_period_sec: float = 0.0, audio_tokens: str = 'events', seed: int = 0):
+    if audio_tokens not in AUDIO_TOKEN_CONTENTS:
+      raise ValueError(f'SimulatedEvents: audio_tokens must be one of {AUDIO_TOKEN_CONTENTS}, got {audio_tokens!r}')
     self.rng = np.random.default_rng(seed)
     self.video_times, self.audio_times = token_times(cfg)
     self.video_direction = self.rng.standard_normal(cfg.video.dim).astype(np.float32)
     self.audio_direction = self.rng.standard_normal(cfg.audio.dim).astype(np.float32)
     self.video_beacon = self.rng.standard_normal((2, cfg.video.dim)).astype(np.float32)
     self.audio_beacon = self.rng.standard_normal((2, cfg.audio.dim)).astype(np.float32)
+    self.lag_directions = np.random.default_rng(seed + 1).standard_normal(
+        (NUM_OFFSET_CLASSES, cfg.audio.dim)).astype(np.float32)
     self.event_rate_hz, self.decay_sec, self.noise = event_rate_hz, decay_sec, noise
-    self.beacon_period_sec = beacon_period_sec
+    self.beacon_period_sec, self.audio_tokens = beacon_period_sec, audio_tokens
 
   def _intensity(self, times: np.ndarray, events: np.ndarray) -> np.ndarray:
     return np.exp(-np.abs(times[..., None] - events) / self.decay_sec).sum(-1)
 
-  def intensities(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token event intensities (B, S, Tv), (B, S, Ta) of windows with the given offset classes."""
+  def _events(self, count: int) -> list[np.ndarray]:
     span = (-3.0, self.video_times.max() + 3.0)  # events beyond the window reach it through the offset
-    video, audio = [], []
-    for target in targets:
-      events = self.rng.uniform(*span, self.rng.poisson(self.event_rate_hz * (span[1] - span[0])))
-      video.append(self._intensity(self.video_times, events))
-      audio.append(self._intensity(self.audio_times + OFFSETS_SEC[target], events))
+    return [self.rng.uniform(*span, self.rng.poisson(self.event_rate_hz * (span[1] - span[0]))) for _ in range(count)]
+
+  def intensities(self, targets: np.ndarray, events: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token event intensities (B, S, Tv), (B, S, Ta) of windows with the given offset classes."""
+    events = self._events(len(targets)) if events is None else events
+    video = [self._intensity(self.video_times, e) for e in events]
+    audio = [self._intensity(self.audio_times + OFFSETS_SEC[t], e) for t, e in zip(targets, events)]
     return np.stack(video), np.stack(audio)
 
   def batch(self, size: int) -> dict[str, np.ndarray]:
     targets = self.rng.integers(0, NUM_OFFSET_CLASSES, size)
-    video, audio = self.intensities(targets)
+    events = self._events(size)
+    video, audio = self.intensities(targets, events)
     vfeat, afeat = self._embed(video, self.video_direction), self._embed(audio, self.audio_direction)
+    if self.audio_tokens != 'events':
+      # The video at each audio token's time plus each class's lag: (B, S, Ta, classes).
+      lagged = np.stack([self._intensity(self.audio_times[..., None] + OFFSETS_SEC, e) for e in events])
+      if self.audio_tokens == 'lagged_products':
+        afeat -= audio[..., None] * self.audio_direction  # the products replace the token's own intensity
+        lagged = lagged * audio[..., None]
+      afeat += (lagged @ self.lag_directions).astype(np.float32)
     if self.beacon_period_sec:
       start = self.rng.uniform(0, self.beacon_period_sec, (size, 1, 1))
       vfeat += self._beacon(start + self.video_times, self.video_beacon)
@@ -115,52 +125,70 @@ def cross_correlation_accuracy(cfg: ModelConfig, windows_per_class: int = 20, se
 
 @dataclasses.dataclass
 class FreshHead:
-  """What a head-probe run trains: a fresh model (train mode), the optimiser over its head, the simulated windows,
-  the loss and gradients of a batch (`value_and_grad(model, batch)`, Stage II's loss) and the jitted training
-  step (`train_step(model, optimizer, batch)` → loss)."""
+  """What a head-probe run trains: a fresh model (train mode) initialised by the recipe, the optimiser over its
+  head, the simulated windows, the loss and gradients of a batch (`value_and_grad(model, batch)` →
+  ((loss, cross-entropy), grads); the recipe's loss, Stage II's cross-entropy by default) and the jitted training
+  step (`train_step(model, optimizer, batch)` → the batch's (cross-entropy, loss))."""
   model: nnx.Module
   optimizer: nnx.Optimizer
   windows: SimulatedEvents
   value_and_grad: Callable
   train_step: Callable
+  recipe: HeadRecipe
 
 
-def fresh_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, seed: int = 0, **simulation) -> FreshHead:
+def fresh_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, seed: int = 0, recipe: HeadRecipe = HeadRecipe(),
+               **simulation) -> FreshHead:
+  cfg = recipe.model_config(cfg)
   model = build_model(cfg, seed)
+  head_recipes.initialise(model, cfg, recipe)
+  auxiliary = head_recipes.AuxiliaryLosses(cfg, recipe) if recipe.auxiliary else None
+  if auxiliary is not None:
+    head_recipes.instrument(model)
   model.train()
   head = trainer.trainable(cfg.kind)
   optimizer = nnx.Optimizer(model, make_optimizer(optim, steps), wrt=head)
-  value_and_grad = nnx.value_and_grad(lambda m, b: trainer.loss_and_metrics(m, b, cfg.kind)[0],
-                                      argnums=nnx.DiffState(0, head))
+  value_and_grad = nnx.value_and_grad(
+      lambda m, b: head_recipes.loss(m, b, TARGET_KEY[cfg.kind], recipe, auxiliary), argnums=nnx.DiffState(0, head),
+      has_aux=True)
 
   @nnx.jit
   def train_step(model, optimizer, batch):
-    loss, grads = value_and_grad(model, batch)
+    (loss, cross_entropy), grads = value_and_grad(model, batch)
     optimizer.update(model, grads)
-    return loss
+    return cross_entropy, loss
 
-  return FreshHead(model, optimizer, SimulatedEvents(cfg, seed=seed, **simulation), value_and_grad, train_step)
+  return FreshHead(model, optimizer, SimulatedEvents(cfg, seed=seed, **simulation), value_and_grad, train_step, recipe)
 
 
 def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: int, eval_every: int,
-               eval_windows: int = 256, seed: int = 0, **simulation) -> list[dict[str, Any]]:
-  """Trains a fresh Stage II head on simulated windows; returns the loss and held-out accuracies every eval_every."""
-  run = fresh_head(cfg, optim, steps=steps, seed=seed, **simulation)
+               eval_windows: int = 256, seed: int = 0, recipe: HeadRecipe = HeadRecipe(),
+               **simulation) -> list[dict[str, Any]]:
+  """Trains a fresh Stage II head on simulated windows; returns the training cross-entropy (and what the recipe's
+  training-only losses and label smoothing add to it) and held-out accuracies every eval_every (held-out windows at
+  the simulation's own event rate)."""
+  run = fresh_head(cfg, optim, steps=steps, seed=seed, recipe=recipe, **simulation)
   model, windows = run.model, run.windows
   held_out = windows.batch(eval_windows)
+  final_rate = windows.event_rate_hz
 
   @nnx.jit
-  def logits(model, batch):
-    return model.classify(batch['vfeat'], batch['afeat'])
+  def logits(model, batch):  # what an instrumented model sows is dropped
+    return nnx.capture(lambda m: m.classify(batch['vfeat'], batch['afeat']), nnx.Intermediate)(model)[0]
 
   curve, losses, start = [], [], time.perf_counter()
   for step in range(1, steps + 1):
+    if recipe.event_rate_steps:
+      progress = min(1.0, (step - 1) / recipe.event_rate_steps)
+      windows.event_rate_hz = recipe.event_rate_from + (final_rate - recipe.event_rate_from) * progress
     losses.append(run.train_step(model, run.optimizer, windows.batch(batch_size)))
     if step % eval_every == 0 or step == steps:
       model.eval()
       held_out_metrics = metrics.offset_metrics(np.asarray(logits(model, held_out)), held_out[TARGET_KEY['sync']])
       model.train()
-      curve.append({'step': step, 'loss': float(np.mean(jax.device_get(losses))),
+      cross_entropy, loss = np.mean(jax.device_get(losses), axis=0)
+      curve.append({'step': step, 'loss': float(cross_entropy),
+                    **({'auxiliary_loss': float(loss - cross_entropy)} if recipe.auxiliary else {}),
                     'accuracy_1': held_out_metrics['accuracy_1'], 'accuracy_1_tol1': held_out_metrics['accuracy_1_tol1'],
                     'seconds': time.perf_counter() - start})
       losses = []

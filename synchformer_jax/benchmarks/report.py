@@ -34,6 +34,10 @@ def markdown_row(result: dict[str, Any]) -> str:
   if r.get('final'):
     f = r['final']
     cue = f", beacon {r['beacon_period_sec']:g} s" if r.get('beacon_period_sec') else ''
+    if r.get('audio_tokens', 'events') != 'events':
+      cue += f", audio tokens {r['audio_tokens']}"
+    passed = r.get('first_step_acc1_50')
+    cue += f", acc@1 ≥ 50 % from step {passed}" if passed else ''
     numbers.append(f"{r['layers']} layers, lr {r['learning_rate']:g}{cue}: after {f['step']} steps ({f['seconds']:.0f} s) "
                    f"loss {f['loss']:.3f}, held-out acc@1 {100 * f['accuracy_1']:.1f} %, ±1 {100 * f['accuracy_1_tol1']:.1f} %; "
                    f"cross-correlation acc@1 {100 * r['cross_correlation_accuracy_1']:.1f} %")

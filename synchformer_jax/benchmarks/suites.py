@@ -14,6 +14,7 @@ from flax import nnx
 from synchformer_jax import pretrained, sharding
 from synchformer_jax.benchmarks import head_diagnosis as head_diagnosis_lib
 from synchformer_jax.benchmarks import head_probe as head_probe_lib
+from synchformer_jax.benchmarks import head_recipes
 from synchformer_jax.benchmarks.harness import (batch_shapes, peak_rss_gib, random_batch, time_calls, time_compiled,
                                               torch_op_profile, xla_analyses)
 from synchformer_jax.benchmarks.hlo_flops import matmul_flops
@@ -209,12 +210,18 @@ def head_diagnosis(cfg: ModelConfig, batch: int, at_steps: list[int], learning_r
 
 
 def head_probe(cfg: ModelConfig, batch: int, steps: int, learning_rate: float, layers: int | None,
-               beacon_period_sec: float = 0.0) -> dict[str, Any]:
-  """Trains the Stage II head alone on simulated event features (`train.head_probe`) with Stage II's optimiser."""
+               beacon_period_sec: float = 0.0, recipe: str = '', seed: int = 0,
+               audio_tokens: str = 'events') -> dict[str, Any]:
+  """Trains the Stage II head alone on simulated event features (`benchmarks.head_probe`) with Stage II's optimiser,
+  under a `HeadRecipe` given as 'field=value,...' ('': the original recipe)."""
   cfg, optim = _probe_setup(cfg, learning_rate, layers)
+  head_recipe = head_recipes.parse(recipe)
   curve = head_probe_lib.train_head(cfg, optim, steps=steps, batch_size=batch, eval_every=max(1, steps // 12),
-                                    beacon_period_sec=beacon_period_sec)
+                                    seed=seed, recipe=head_recipe, beacon_period_sec=beacon_period_sec,
+                                    audio_tokens=audio_tokens)
+  passed = [row['step'] for row in curve if row['accuracy_1'] >= 0.5]
   return {'layers': cfg.transformer.layers, 'learning_rate': learning_rate, 'beacon_period_sec': beacon_period_sec,
-          'steps': steps, 'curve': curve,
+          'recipe': dataclasses.asdict(head_recipe), 'seed': seed, 'audio_tokens': audio_tokens, 'steps': steps,
+          'first_step_acc1_50': passed[0] if passed else None, 'curve': curve,
           'final': curve[-1] if curve else None,
           'cross_correlation_accuracy_1': head_probe_lib.cross_correlation_accuracy(cfg), 'peak_rss_gib': peak_rss_gib()}

@@ -146,10 +146,14 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, dropout: n
   return weighted_values(dropout(attention_weights(q, k, scale=scale)), v)
 
 
+def attention_logits(q: jax.Array, k: jax.Array, *, scale: float) -> jax.Array:
+  """Scaled query-key products (batch, heads, queries, keys) in float32."""
+  return jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+
+
 def attention_weights(q: jax.Array, k: jax.Array, *, scale: float) -> jax.Array:
   """Softmax attention weights (batch, heads, queries, keys) in float32."""
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
-  return jax.nn.softmax(logits, axis=-1)
+  return jax.nn.softmax(attention_logits(q, k, scale=scale), axis=-1)
 
 
 def weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
@@ -223,8 +227,10 @@ class MultiHeadAttention(nnx.Module):
     self.resid_dropout = nnx.Dropout(resid_dropout, rngs=rngs)
     # Opt-in (attribution): compute the weights explicitly and sow them as `nnx.Intermediate`
     # 'attention_weights' (read them with `nnx.capture`). A Python flag read when tracing, so the default
-    # fused path is unchanged.
+    # fused path is unchanged. `sow_logits` sows the logits before the softmax as 'attention_logits' and each head's
+    # weighted values (batch, queries, heads, head_dim) as 'head_values' (training-only losses on the heads).
     self.sow_attention = False
+    self.sow_logits = False
 
   def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(..., L, D) → three (..., L, heads, head_dim) tensors."""
@@ -237,10 +243,17 @@ class MultiHeadAttention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     q, k, v = self.project_qkv(x)
-    if self.sow_attention:
-      weights = attention_weights(q, k, scale=self.scale)
-      self.sow(nnx.Intermediate, 'attention_weights', weights)
-      return self.merge_heads(weighted_values(self.attn_dropout(weights), v))
+    if self.sow_attention or self.sow_logits:
+      logits = attention_logits(q, k, scale=self.scale)
+      weights = jax.nn.softmax(logits, axis=-1)
+      if self.sow_logits:
+        self.sow(nnx.Intermediate, 'attention_logits', logits)
+      if self.sow_attention:
+        self.sow(nnx.Intermediate, 'attention_weights', weights)
+      values = weighted_values(self.attn_dropout(weights), v)
+      if self.sow_logits:
+        self.sow(nnx.Intermediate, 'head_values', values)
+      return self.merge_heads(values)
     out = attend(q, k, v, scale=self.scale, dropout=self.attn_dropout, implementation=self.attention_impl)
     return self.merge_heads(out)
 

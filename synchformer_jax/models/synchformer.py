@@ -62,8 +62,10 @@ class GlobalTransformer(nnx.Module):
     setattr(self, head_name, dense(cfg.dim, num_classes, ('embed', None), dtype=dtype, rngs=rngs,
                                    kernel_init=normal_02, use_bias=head_bias))
     # Opt-in (diagnostics): sow the OFF token's final feature (what the head reads) as `nnx.Intermediate`
-    # 'off_feature'. A Python flag read when tracing, like the attention's `sow_attention`.
+    # 'off_feature'. A Python flag read when tracing, like the attention's `sow_attention`. `sow_tokens` sows
+    # every token's final feature (after the final norm) as 'token_features' (training-only losses).
     self.sow_off_feature = False
+    self.sow_tokens = False
 
   def __call__(self, vis: jax.Array, aud: jax.Array) -> jax.Array:
     """(B, Lv, D), (B, La, D) → logits (B, classes)."""
@@ -79,6 +81,8 @@ class GlobalTransformer(nnx.Module):
     if self.pos_emb is not None:
       x = x + self.pos_emb[...].astype(vis.dtype)
     x = run_blocks(self.blocks, self.embd_dropout(x), self.remat)
+    if self.sow_tokens:
+      self.sow(nnx.Intermediate, 'token_features', self.ln_f(x))
     cls = self.ln_f(x[:, 0])
     if self.sow_off_feature:
       self.sow(nnx.Intermediate, 'off_feature', cls)
