@@ -134,7 +134,6 @@ class FreshHead:
   windows: SimulatedEvents
   value_and_grad: Callable
   train_step: Callable
-  recipe: HeadRecipe
 
 
 def fresh_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, seed: int = 0, recipe: HeadRecipe = HeadRecipe(),
@@ -158,7 +157,7 @@ def fresh_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, seed: int = 0
     optimizer.update(model, grads)
     return cross_entropy, loss
 
-  return FreshHead(model, optimizer, SimulatedEvents(cfg, seed=seed, **simulation), value_and_grad, train_step, recipe)
+  return FreshHead(model, optimizer, SimulatedEvents(cfg, seed=seed, **simulation), value_and_grad, train_step)
 
 
 def train_head(cfg: ModelConfig, optim: ConfigDict, *, steps: int, batch_size: int, eval_every: int,

@@ -35,6 +35,7 @@ from flax import nnx
 from synchformer_jax.constants import AUDIO_RATE, NUM_OFFSET_CLASSES, OFFSET_GRID, SYNC_SEGMENT_STRIDE_SEC, VIDEO_FPS
 from synchformer_jax.data.audio import HOP_LENGTH
 from synchformer_jax.models.config import ModelConfig
+from synchformer_jax.models.synchformer import classification_loss
 
 POSITION_INITS = ('original', 'token_time')
 KERNEL_INITS = ('original', 'lecun')
@@ -156,18 +157,17 @@ class AuxiliaryLosses:
     self.shifted_layers = shifted_layers
 
   def __call__(self, logits: list[jax.Array], token_logits: jax.Array, targets: jax.Array,
-               head_outputs: list[jax.Array], video_tokens: jax.Array) -> jax.Array:
+               head_outputs: list[jax.Array], video_tokens: jax.Array | None) -> jax.Array:
     """`logits`: each block's attention logits (B, heads, L, L); `token_logits`: the head on every token;
     `head_outputs`: each block's per-head outputs (B, L, heads, D); `video_tokens`: the normalised projected video
-    tokens (B, Lv, D)."""
+    tokens (B, Lv, D). The last two only with the shift-value loss."""
     recipe, total = self.recipe, jnp.float32(0.0)
     if recipe.shift_value_weight:
       for layer in range(self.shifted_layers):
         wanted = jnp.einsum('hij,bjd->bihd', self.shift_targets[layer][:, :, self.video],
                             jax.lax.stop_gradient(video_tokens))
         error = jnp.square(head_outputs[layer][:, self.audio] - wanted).mean(-1)  # (B, audio, heads)
-        valid = self.shift_valid[layer].T
-        total += recipe.shift_value_weight / self.shifted_layers * (error * valid).sum((1, 2)).mean() / valid.sum()
+        total += recipe.shift_value_weight / self.shifted_layers * _valid_mean(error, self.shift_valid[layer].T)
     if recipe.lag_score_weight:
       scores = jnp.einsum('bhij,cij->bhc', logits[0][:, :, self.audio, self.video], self.lag_pairs)
       total += recipe.lag_score_weight * optax.softmax_cross_entropy_with_integer_labels(
@@ -176,14 +176,17 @@ class AuxiliaryLosses:
       for layer in range(self.shifted_layers):
         log_weights = jax.nn.log_softmax(logits[layer][:, :, self.audio, :], axis=-1)
         cross_entropy = -(log_weights * self.shift_targets[layer]).sum(-1)  # (B, heads, audio)
-        valid = self.shift_valid[layer]
-        total += (recipe.shift_attention_weight / self.shifted_layers
-                  * (cross_entropy * valid).sum((1, 2)).mean() / valid.sum())
+        total += recipe.shift_attention_weight / self.shifted_layers * _valid_mean(cross_entropy, self.shift_valid[layer])
     if recipe.token_offset_weight:
       per_token = optax.softmax_cross_entropy(token_logits[:, self.audio],
                                               target_distribution(targets, recipe.label_smoothing)[:, None])
       total += recipe.token_offset_weight * per_token.mean()
     return total
+
+
+def _valid_mean(per_token: jax.Array, valid: jax.Array) -> jax.Array:
+  """The mean over a batch (B, ...) of `per_token`, counting only the entries `valid` (...) marks."""
+  return (per_token * valid).sum(tuple(range(1, per_token.ndim))).mean() / valid.sum()
 
 
 def target_distribution(targets: jax.Array, smoothing: float) -> jax.Array:
@@ -202,18 +205,20 @@ def loss(model: nnx.Module, batch: dict[str, jax.Array], target_key: str, recipe
   targets = batch[target_key]
   if auxiliary is None:
     logits = model.classify(batch['vfeat'], batch['afeat'])
-    return _smoothed(logits, targets, recipe), _cross_entropy(logits, targets)
+    return _smoothed(logits, targets, recipe), classification_loss(logits, targets)
   logits, sown = nnx.capture(lambda m: m.classify(batch['vfeat'], batch['afeat']), nnx.Intermediate)(model)
   flat = {tuple(map(str, path)): var.get_value()[0] for path, var in nnx.to_flat_state(sown)}
   attention = [flat[path] for path in sorted(p for p in flat if p[-1] == 'attention_logits')]
-  values = [flat[path] for path in sorted(p for p in flat if p[-1] == 'head_values')]
   transformer = model.transformer
-  head_outputs = [_per_head_outputs(block.attn, v) for block, v in zip(transformer.blocks, values)]
-  video_tokens = transformer.vis_in_lnorm(einops.rearrange(model.vproj(batch['vfeat']), 'b s t d -> b (s t) d'))
+  head_outputs, video_tokens = [], None
+  if recipe.shift_value_weight:  # the only loss that reads each head's output and the input video tokens
+    values = [flat[path] for path in sorted(p for p in flat if p[-1] == 'head_values')]
+    head_outputs = [_per_head_outputs(block.attn, v) for block, v in zip(transformer.blocks, values)]
+    video_tokens = transformer.vis_in_lnorm(einops.rearrange(model.vproj(batch['vfeat']), 'b s t d -> b (s t) d'))
   head = getattr(transformer, transformer.head_name)
   token_logits = head(next(v for p, v in flat.items() if p[-1] == 'token_features')).astype(jnp.float32)
   extra = auxiliary(attention, token_logits, targets, head_outputs, video_tokens)
-  return _smoothed(logits, targets, recipe) + extra, _cross_entropy(logits, targets)
+  return _smoothed(logits, targets, recipe) + extra, classification_loss(logits, targets)
 
 
 def _per_head_outputs(attention: nnx.Module, values: jax.Array) -> jax.Array:
@@ -225,9 +230,6 @@ def _per_head_outputs(attention: nnx.Module, values: jax.Array) -> jax.Array:
 def _smoothed(logits: jax.Array, targets: jax.Array, recipe: HeadRecipe) -> jax.Array:
   return optax.softmax_cross_entropy(logits, target_distribution(targets, recipe.label_smoothing)).mean()
 
-
-def _cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
 def instrument(model: nnx.Module) -> None:

@@ -82,8 +82,11 @@ class GlobalTransformer(nnx.Module):
       x = x + self.pos_emb[...].astype(vis.dtype)
     x = run_blocks(self.blocks, self.embd_dropout(x), self.remat)
     if self.sow_tokens:
-      self.sow(nnx.Intermediate, 'token_features', self.ln_f(x))
-    cls = self.ln_f(x[:, 0])
+      features = self.ln_f(x)
+      self.sow(nnx.Intermediate, 'token_features', features)
+      cls = features[:, 0]
+    else:
+      cls = self.ln_f(x[:, 0])
     if self.sow_off_feature:
       self.sow(nnx.Intermediate, 'off_feature', cls)
     return getattr(self, self.head_name)(cls.astype(x.dtype)).astype(jnp.float32)
